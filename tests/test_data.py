@@ -1,0 +1,209 @@
+"""Reading, pairing, caching, splitting and augmenting the data; locating DATA_DIR."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import U
+from PIL import Image
+
+
+def _save(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+    return path
+
+
+def _layout(root: Path, names_img, names_mask, size=(40, 30)) -> None:
+    rng = np.random.default_rng(0)
+    for n in names_img:
+        _save(root / "images" / n, rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+    for n in names_mask:
+        _save(root / "masks" / n, (rng.random(size) > 0.5).astype(np.uint8))
+
+
+def _add_junk(folder: Path) -> None:
+    for name in (".DS_Store", "Thumbs.db", "desktop.ini", "notes.txt", "._1.png"):
+        (folder / name).write_bytes(b"junk")
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".ipynb_checkpoints" / "1-checkpoint.png").write_bytes(b"junk")
+    (folder / "subfolder.png").mkdir()
+
+
+def test_pairs_ignore_junk_and_sort_numerically(tmp_path):
+    _layout(tmp_path, ["10.png", "2.png", "1.png"], ["1.png", "2.png", "10.png"])
+    _add_junk(tmp_path / "images")
+    _add_junk(tmp_path / "masks")
+    pairs = U.pair_files(tmp_path / "images", tmp_path / "masks")
+    assert [(i.name, m.name) for i, m in pairs] == [("1.png", "1.png"), ("2.png", "2.png"), ("10.png", "10.png")]
+
+
+def test_image_without_mask_and_mask_without_image_are_named(tmp_path):
+    _layout(tmp_path, ["1.png", "2.png", "3.png"], ["1.png", "3.png", "4.png"])
+    with pytest.raises(ValueError, match=r"without mask \['2.png'\].*without image \['4.png'\]"):
+        U.pair_files(tmp_path / "images", tmp_path / "masks")
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        U.list_images(tmp_path / "nothere")
+
+
+def test_truncated_and_corrupt_png_name_the_file(tmp_path):
+    good = _save(tmp_path / "good.png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    truncated = tmp_path / "7.png"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    corrupt = tmp_path / "8.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    for bad in (truncated, corrupt):
+        with pytest.raises(ValueError, match=bad.name):
+            U.read_image(bad)
+        with pytest.raises(ValueError, match=bad.name):
+            U.read_mask(bad)
+
+
+MASK = np.zeros((20, 30), np.uint8)
+MASK[5:15, 3:12] = 1
+
+
+@pytest.mark.parametrize("kind", ["0/1", "0/255", "rgb", "palette", "16bit", "bool"])
+def test_masks_read_as_binary(tmp_path, kind):
+    p = tmp_path / "m.png"
+    if kind == "0/1":
+        _save(p, MASK)
+    elif kind == "0/255":
+        _save(p, MASK * 255)
+    elif kind == "rgb":
+        _save(p, np.repeat(MASK[..., None] * 255, 3, axis=2))
+    elif kind == "palette":
+        img = Image.fromarray(MASK, "P")
+        img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # 0 black, 1 red: luminance of red is 76
+        img.save(p)
+    elif kind == "16bit":
+        Image.fromarray(MASK.astype(np.uint16) * 65535).save(p)
+    else:
+        Image.fromarray(MASK.astype(bool)).save(p)
+    got = U.read_mask(p)
+    assert got.dtype == np.uint8 and set(np.unique(got)) <= {0, 1}
+    assert (got == MASK).all()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "RGB"])
+def test_images_read_as_rgb_uint8(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    p = tmp_path / "i.png"
+    if mode == "I;16":
+        Image.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16)).save(p)
+    else:
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert(mode).save(p)
+    img = U.read_image(p)
+    assert img.shape == (20, 30, 3) and img.dtype == np.uint8
+    if mode in ("L", "I;16"):
+        assert (img[..., 0] == img[..., 1]).all() and img.max() > 200
+
+
+def test_image_and_mask_of_different_sizes_name_the_pair(tmp_path):
+    _save(tmp_path / "images" / "5.png", np.zeros((40, 30, 3), np.uint8))
+    _save(tmp_path / "masks" / "5.png", np.zeros((30, 40), np.uint8))
+    pairs = U.pair_files(tmp_path / "images", tmp_path / "masks")
+    with pytest.raises(ValueError, match=r"images/5.png.*masks/5.png"):
+        U.CachedSegDataset(pairs, 16, workers=1, progress=False)
+
+
+def test_cache_matches_a_fresh_decode(demo_root):
+    pairs = U.pair_files(demo_root / "train" / "images", demo_root / "train" / "masks")[:10]
+    ds = U.CachedSegDataset(pairs, 96, workers=2, progress=False)
+    for k, (img_p, mask_p) in enumerate(pairs):
+        assert torch.equal(ds.images[k], torch.from_numpy(U.resize_image(U.read_image(img_p), 96)).permute(2, 0, 1))
+        assert torch.equal(ds.masks[k, 0], torch.from_numpy(U.resize_mask(U.read_mask(mask_p), 96)))
+        assert ds.orig_sizes[k] == (800, 800)
+    x, y = ds[0]
+    assert x.shape == (3, 96, 96) and x.dtype == torch.float32 and y.shape == (1, 96, 96)
+    expected = (ds.images[0].float() / 255 - ds.mean) / ds.std
+    assert torch.allclose(x, expected)
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    """The image is its own mask (white person on black, left side): any misalignment shows."""
+    mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    mask[0, 10:50, 8:24] = 1
+    ds = U.CachedSegDataset([], 64, mean=(0, 0, 0), std=(1, 1, 1), progress=False)
+    ds.images, ds.masks = (mask * 255).repeat(3, 1, 1)[None], mask[None]
+    tf, moved = U.train_transform(64), 0
+    torch.manual_seed(0)
+    for _ in range(40):
+        x, y = ds.sample(0, tf)
+        img_fg = x.mean(0) > 0.4
+        assert y.unique().tolist() in ([0.0, 1.0], [0.0]), "mask must stay binary"
+        iou = (img_fg & (y[0] > 0)).sum() / (img_fg | (y[0] > 0)).sum().clamp(min=1)
+        assert iou > 0.85, f"image and mask disagree (IoU {iou:.2f})"
+        moved += not torch.equal(y.to(torch.uint8), mask)
+    assert moved > 20, "the transform should move the mask in most draws"
+    flipped_image_only = torch.flip(mask[0], dims=[1]).bool()  # the bug this test guards against
+    assert (flipped_image_only & mask[0].bool()).sum() == 0
+
+
+def test_stratified_split_is_seeded_disjoint_and_balanced():
+    cov = np.linspace(0, 0.8, 200)
+    strata = U.coverage_bins(cov)
+    tr, va = U.stratified_split(strata, 0.2, seed=3)
+    assert sorted(tr + va) == list(range(200)) and not set(tr) & set(va)
+    assert (tr, va) == U.stratified_split(strata, 0.2, seed=3)
+    assert (tr, va) != U.stratified_split(strata, 0.2, seed=4)
+    assert np.bincount(strata[va]).tolist() == [10, 10, 10, 10]
+
+
+def test_channel_stats():
+    imgs = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    imgs[:, 0] = 255
+    imgs[1, 1] = 255
+    mean, std = U.channel_stats(imgs)
+    assert mean == pytest.approx([1.0, 0.5, 0.0]) and std[0] == pytest.approx(0) and std[1] > 0.4
+
+
+def test_demo_dataset_has_the_competition_layout(demo_root):
+    imgs = U.list_images(demo_root / "train" / "images")
+    assert len(imgs) == 24 and len(U.list_images(demo_root / "test" / "images")) == 6
+    assert all(p.stem.isdigit() and p.suffix == ".png" for p in imgs)
+    assert not (demo_root / "test" / "masks").exists()
+    with Image.open(imgs[0]) as im:
+        assert im.size == (800, 800) and im.mode == "RGB"
+    masks = [np.asarray(Image.open(p)) for p in U.list_images(demo_root / "train" / "masks")]
+    assert all(set(np.unique(m)) <= {0, 1} for m in masks)
+    assert sum(m.any() for m in masks) >= 12
+
+
+def test_explicit_data_dir_that_does_not_exist_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="DATA_DIR=.*nope.*no train/images"):
+        U.resolve_data_dir(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no train/images"):
+        U.resolve_data_dir(tmp_path / "empty")
+
+
+def test_auto_detection_order(tmp_path, monkeypatch, demo_root):
+    monkeypatch.setattr(U, "KAGGLE_INPUT", tmp_path / "kaggle-input")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    local = tmp_path / "data"
+    local.mkdir()
+    root, is_demo = U.resolve_data_dir(None, local=local)  # nothing anywhere: demo, generated
+    assert is_demo and root == local / "demo" and len(U.list_images(root / "train" / "images")) == 48
+    nested = local / "tdl-obligatorio-2025"  # an unzipped download in data/: found, demo ignored
+    (nested / "train").mkdir(parents=True)
+    (nested / "train" / "images").symlink_to(demo_root / "train" / "images")
+    assert U.resolve_data_dir(None, local=local) == (nested, False)
+    (tmp_path / "kaggle-input" / "train").mkdir(parents=True)  # Kaggle input comes first
+    (tmp_path / "kaggle-input" / "train" / "images").mkdir()
+    assert U.resolve_data_dir(None, local=local) == (tmp_path / "kaggle-input", False)
+    assert U.resolve_data_dir(demo_root) == (demo_root, False)  # explicit wins
+
+
+def test_kaggle_json_installed_with_mode_600(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    src = tmp_path / "kaggle.json"
+    src.write_text('{"username": "u", "key": "k"}')
+    target = U.install_kaggle_json(src)
+    assert target == tmp_path / "home" / ".kaggle" / "kaggle.json"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert U.kaggle_credentials_available()

@@ -1,0 +1,205 @@
+"""The training loop: learning, checkpoints, resume, NaN stop, OOM back-off, config checks."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from conftest import U
+from torch.utils.data import DataLoader
+
+SIZE = 64
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def demo_ds(demo_root):
+    pairs = U.pair_files(demo_root / "train" / "images", demo_root / "train" / "masks")
+    ds = U.CachedSegDataset(pairs, SIZE, workers=1, progress=False)
+    mean, std = U.channel_stats(ds.images)
+    ds.mean, ds.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    return ds
+
+
+def loaders(ds, augment=False, shuffle=False):
+    tr = U.Subset(ds, range(0, 20), U.train_transform(SIZE) if augment else None)
+    va = U.Subset(ds, range(20, 24))
+    return DataLoader(tr, 4, shuffle=shuffle), DataLoader(va, 4)
+
+
+def cfg(epochs, **kw):
+    return U.TrainConfig(epochs=epochs, lr=3e-3, amp=False, warmup_epochs=0.5, model={"base": 8}, **kw)
+
+
+def test_short_training_lowers_loss_and_raises_dice(UNet, demo_ds, tmp_path):
+    U.seed_everything(0)
+    tr, va = loaders(demo_ds, augment=True, shuffle=True)
+    h = U.train(UNet(base=8), tr, va, cfg(8), tmp_path, CPU)
+    assert len(h["train_loss"]) == 8
+    assert h["train_loss"][-1] < 0.8 * h["train_loss"][0]
+    assert max(h["val_dice"][-3:]) > h["val_dice"][0] + 0.1
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+    best = U.load_checkpoint(tmp_path / "best.pt", {"base": 8})
+    assert best["best_dice"] == pytest.approx(max(h["val_dice"]))
+
+
+class StopAfter:
+    """A `log` callback that interrupts training like a user (KeyboardInterrupt) after n epochs."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, row):
+        if row["epoch"] == self.n:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(UNet, demo_ds, tmp_path, capsys):
+    tr, va = loaders(demo_ds)
+    U.seed_everything(0)
+    straight = UNet(base=8)
+    h_straight = U.train(straight, tr, va, cfg(4), tmp_path / "a", CPU)
+
+    U.seed_everything(0)
+    with pytest.raises(KeyboardInterrupt):
+        U.train(UNet(base=8), tr, va, cfg(4), tmp_path / "b", CPU, log=StopAfter(2))
+    saved = U.load_checkpoint(tmp_path / "b" / "last.pt")
+    assert saved["epoch"] == 1  # two epochs done (0-based)
+    resumed = UNet(base=8)  # a fresh process would build a fresh model
+    h_resumed = U.train(resumed, tr, va, cfg(4), tmp_path / "b", CPU)
+    assert "resumed from" in capsys.readouterr().out
+    assert h_resumed["lr"] == pytest.approx(h_straight["lr"])
+    assert h_resumed["val_loss"] == pytest.approx(h_straight["val_loss"], rel=1e-4)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+class InterruptingLoader:
+    """Wraps a loader; raises KeyboardInterrupt in the middle of epoch `epoch` (kernel stop)."""
+
+    def __init__(self, loader, epoch, batch):
+        self.loader, self.epoch, self.batch, self.calls = loader, epoch, batch, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        self.calls += 1
+        for k, b in enumerate(self.loader):
+            if self.calls == self.epoch and k == self.batch:
+                raise KeyboardInterrupt
+            yield b
+
+
+def test_interrupt_mid_epoch_keeps_last_checkpoint_and_resumes_there(UNet, demo_ds, tmp_path):
+    tr, va = loaders(demo_ds)
+    with pytest.raises(KeyboardInterrupt):
+        U.train(UNet(base=8), InterruptingLoader(tr, epoch=3, batch=2), va, cfg(4), tmp_path, CPU)
+    best_before = (tmp_path / "best.pt").read_bytes()
+    assert U.load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    h = U.train(UNet(base=8), tr, va, cfg(4), tmp_path, CPU)
+    assert len(h["val_dice"]) == 4
+    if max(h["val_dice"][2:]) <= max(h["val_dice"][:2]):
+        assert (tmp_path / "best.pt").read_bytes() == best_before
+
+
+class Poisoned(torch.nn.Module):
+    """Returns NaN logits from the `bad_call`-th forward pass on (as an fp16 overflow would)."""
+
+    def __init__(self, inner, bad_call):
+        super().__init__()
+        self.inner, self.bad_call, self.calls = inner, bad_call, 0
+
+    def forward(self, x):
+        self.calls += self.training
+        out = self.inner(x)
+        return out * float("nan") if self.training and self.calls >= self.bad_call else out
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(UNet, demo_ds, tmp_path):
+    tr, va = loaders(demo_ds)
+    model = Poisoned(UNet(base=8), bad_call=len(tr) + 3)  # epoch 2, step 3
+    with pytest.raises(U.TrainingDiverged, match=r"loss is nan at epoch 2, step 3.*last good checkpoint"):
+        U.train(model, tr, va, cfg(3), tmp_path, CPU)
+    ck = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
+    assert ck["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    fresh = Poisoned(UNet(base=8), bad_call=10**9)
+    fresh.load_state_dict(ck["model"])
+
+
+class OOMAbove(torch.nn.Module):
+    """Raises CUDA's OutOfMemoryError for batches larger than `limit`, like a too-full GPU."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.sizes = inner, limit, []
+
+    def forward(self, x):
+        if self.training:
+            if len(x) > self.limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            self.sizes.append(len(x))
+        return self.inner(x)
+
+
+def test_cuda_oom_halves_the_micro_batch_and_training_continues(UNet, demo_ds, tmp_path, capsys):
+    tr, va = loaders(demo_ds)  # batches of 4
+    model = OOMAbove(UNet(base=8), limit=1)
+    h = U.train(model, tr, va, cfg(2), tmp_path, CPU)
+    assert len(h["train_loss"]) == 2 and np.isfinite(h["train_loss"]).all()
+    out = capsys.readouterr().out
+    assert "micro-batch halved to 2" in out and "micro-batch halved to 1" in out
+    assert model.sizes == [1] * (2 * 20)  # every image of both epochs, one at a time, none skipped
+
+
+def test_oom_at_batch_one_is_raised(UNet, demo_ds, tmp_path):
+    tr, va = loaders(demo_ds)
+    with pytest.raises(torch.OutOfMemoryError):
+        U.train(OOMAbove(UNet(base=8), limit=0), tr, va, cfg(1), tmp_path, CPU)
+
+
+def test_checkpoint_from_another_config_is_a_clear_error(UNet, demo_ds, tmp_path):
+    tr, va = loaders(demo_ds)
+    U.train(UNet(base=8), tr, va, cfg(1), tmp_path, CPU)
+    with pytest.raises(ValueError, match=r"another configuration.*'base': \(8, 16\).*new RUN_DIR"):
+        U.load_checkpoint(tmp_path / "last.pt", {"base": 16})
+    other = U.TrainConfig(epochs=1, amp=False, model={"base": 16})
+    with pytest.raises(ValueError, match="another configuration"):
+        U.train(UNet(base=16), tr, va, other, tmp_path, CPU)
+    with pytest.raises(ValueError, match="EPOCHS=3"):
+        U.train(UNet(base=8), tr, va, cfg(3), tmp_path, CPU)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    torch.save({"model": {}, "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        U.load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(FileNotFoundError, match="train first"):
+        U.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_warmup_cosine_schedule():
+    f = U.warmup_cosine(total_steps=100, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
+    assert all(f(s) >= f(s + 1) for s in range(10, 100))
+
+
+def test_amp_dtype_and_batch_finder_on_cpu():
+    assert U.amp_dtype(CPU) is None
+    with pytest.raises(ValueError, match="GPU"):
+        U.find_batch_size(torch.nn.Conv2d(3, 1, 1), 64, CPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batch_finder_on_gpu(UNet):
+    model = UNet(base=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    b = U.find_batch_size(model, 64, torch.device("cuda"), max_batch=8)
+    assert 1 <= b <= 8
+    assert all(torch.equal(before[k], v.cpu()) for k, v in model.state_dict().items())

@@ -1,0 +1,973 @@
+"""Helpers for obligatorio.ipynb: data, metrics, training, inference, submission and plots.
+
+The U-Net itself lives in the notebook, where graders read it. Everything here is plain
+PyTorch / NumPy / Pillow so the notebook can stay a short story.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import random
+import shutil
+import subprocess
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFilter
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+COMPETITION = "tdl-obligatorio-2025"
+KAGGLE_INPUT = Path("/kaggle/input") / COMPETITION
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+JUNK_NAMES = {"thumbs.db", "desktop.ini"}
+
+# --------------------------------------------------------------------------------------------
+# Data: files, decoding, pairing
+# --------------------------------------------------------------------------------------------
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder sorted by name, skipping hidden files, folders and non-images."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder not found; check DATA_DIR points at the competition data")
+    files = [
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in JUNK_NAMES
+        and p.suffix.lower() in IMAGE_EXTS
+    ]
+    return sorted(files, key=_name_key)
+
+
+def _name_key(p: Path) -> tuple[int, int | str]:
+    """Sort numeric names numerically (2.png before 10.png), others alphabetically after them."""
+    return (0, int(p.stem)) if p.stem.isdigit() else (1, p.stem)
+
+
+def pair_files(images_dir: str | Path, masks_dir: str | Path) -> list[tuple[Path, Path]]:
+    """Pair images with masks by file stem; raise ValueError naming every unmatched file."""
+    images, masks = list_images(images_dir), list_images(masks_dir)
+    by_stem = {p.stem: p for p in masks}
+    no_mask = [p.name for p in images if p.stem not in by_stem]
+    image_stems = {p.stem for p in images}
+    no_image = [p.name for p in masks if p.stem not in image_stems]
+    if no_mask or no_image:
+        raise ValueError(
+            f"images in {images_dir} and masks in {masks_dir} do not match: "
+            f"{len(no_mask)} image(s) without mask {no_mask[:10]}, {len(no_image)} mask(s) without image "
+            f"{no_image[:10]}. Add or remove those files so every image has exactly one mask."
+        )
+    if not images:
+        raise ValueError(f"{images_dir}: no images found (expected .png files)")
+    return [(p, by_stem[p.stem]) for p in images]
+
+
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode an image, turning decoder errors into one that names the file."""
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        raise ValueError(f"{path}: cannot read image ({e}). The file is corrupt or truncated: "
+                         f"download it again or delete it (and its mask).") from e
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any image (grayscale, RGBA, palette, 16-bit) as an HxWx3 uint8 RGB array."""
+    img = _open(Path(path))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray((a / max(a.max(), 1) * 255).round().astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    return np.asarray(img.convert("RGB"))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask (0/1, 0/255, 16-bit, RGB white-on-black or palette) as an HxW {0,1} uint8 array."""
+    img = _open(Path(path))
+    if img.mode == "P":  # palette: index 0 is background, any other index is the person
+        a = np.asarray(img)
+        return (a > 0).astype(np.uint8)
+    a = np.asarray(img)
+    if a.ndim == 3:  # RGB(A): any bright colour on black; alpha ignored
+        a = a[..., :3].max(axis=2)
+    top = int(a.max())
+    return (a > top / 2).astype(np.uint8) if top > 0 else np.zeros(a.shape, np.uint8)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header only."""
+    with Image.open(path) as img:
+        return img.height, img.width
+
+
+def resize_image(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize an HxWx3 uint8 image to size x size with antialiased bilinear interpolation."""
+    return np.array(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a {0,1} mask to size x size by area-like bilinear filtering and a 0.5 threshold."""
+    m = Image.fromarray(mask * 255).resize((size, size), Image.BILINEAR)
+    return (np.asarray(m) > 127).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Data: locating the competition folder, Kaggle download, demo dataset
+# --------------------------------------------------------------------------------------------
+
+
+def find_data_root(path: str | Path, depth: int = 2, exclude: Path | None = None) -> Path | None:
+    """The folder at or below `path` (up to `depth` levels, skipping `exclude`) holding train/images."""
+    path = Path(path)
+    if path == exclude or not path.is_dir():
+        return None
+    if (path / "train" / "images").is_dir():
+        return path
+    if depth == 0:
+        return None
+    for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = find_data_root(sub, depth - 1, exclude)
+        if found:
+            return found
+    return None
+
+
+def kaggle_credentials_available() -> bool:
+    """True when the Kaggle API can authenticate (env vars or ~/.kaggle/kaggle.json)."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    return (Path.home() / ".kaggle" / "kaggle.json").is_file()
+
+
+def install_kaggle_json(source: str | Path) -> Path:
+    """Copy a kaggle.json to ~/.kaggle/kaggle.json with mode 600 (never into the repository)."""
+    target = Path.home() / ".kaggle" / "kaggle.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    target.chmod(0o600)
+    return target
+
+
+def download_competition(dest: str | Path) -> Path:
+    """Download and unzip the competition data with the Kaggle CLI; return the data root."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(dest)]
+    try:
+        subprocess.run(cmd, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed ({e}). Install the CLI (pip install kaggle), accept "
+                           f"the competition rules on kaggle.com, or put the data in {dest} by hand.") from e
+    for z in dest.glob("*.zip"):
+        with zipfile.ZipFile(z) as f:
+            f.extractall(dest)
+        z.unlink()
+    root = find_data_root(dest)
+    if root is None:
+        raise FileNotFoundError(f"{dest}: downloaded, but no train/images folder inside; look at its contents")
+    return root
+
+
+def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data") -> tuple[Path, bool]:
+    """Find the data: explicit path, else Kaggle input, data/, a Kaggle download, else the demo set.
+
+    Returns (root, is_demo). An explicit path that holds no train/images is an error, never
+    silently replaced by the demo data.
+    """
+    if data_dir:
+        root = find_data_root(data_dir)
+        if root is None:
+            raise FileNotFoundError(
+                f"DATA_DIR={data_dir!s}: no train/images folder at or below it. Point DATA_DIR at the "
+                f"unzipped competition download, or set DATA_DIR=None to auto-detect (demo data as last resort).")
+        return root, False
+    demo = Path(local) / "demo"
+    for candidate in (KAGGLE_INPUT, Path(local)):
+        root = find_data_root(candidate, exclude=demo)
+        if root is not None:
+            return root, False
+    if kaggle_credentials_available():
+        return download_competition(Path(local) / COMPETITION), False
+    if find_data_root(demo) is None:
+        make_demo_dataset(demo)
+    return demo, True
+
+
+def _texture(rng: np.random.Generator, size: int) -> Image.Image:
+    """A random textured background: gradient, stripes or blobs, with noise."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    kind = rng.integers(3)
+    if kind == 0:
+        t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1)) % 1.0
+    elif kind == 1:
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 12) * (xx * rng.uniform(-1, 1) + yy))
+    else:
+        t = np.zeros((size, size))
+        for _ in range(12):
+            cx, cy, r = rng.uniform(0, 1, 2).tolist() + [rng.uniform(0.05, 0.3)]
+            t += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / r**2)
+        t = t / t.max()
+    img = c1 * t[..., None] + c2 * (1 - t[..., None]) + rng.normal(0, 12, (size, size, 3))
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
+def _draw_person(draw: ImageDraw.ImageDraw, mdraw: ImageDraw.ImageDraw, rng: np.random.Generator,
+                 size: int) -> None:
+    """Draw one stick-figure-like person (head, torso, arms, legs) on the image and its mask."""
+    h = size * rng.uniform(0.15, 0.9)  # person height: tiny to frame-filling
+    cx, top = rng.uniform(0.1, 0.9) * size, rng.uniform(0.0, 0.9) * size - h * 0.3
+    u = h / 8
+    skin, cloth, legs = (tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(3))
+    parts = [
+        ("ellipse", (cx - 0.5 * u, top, cx + 0.5 * u, top + 1.2 * u), skin),
+        ("rect", (cx - 1.0 * u, top + 1.3 * u, cx + 1.0 * u, top + 4.3 * u), cloth),
+        ("line", (cx - 0.9 * u, top + 1.5 * u, cx - rng.uniform(1.5, 2.5) * u, top + rng.uniform(3, 5) * u), cloth),
+        ("line", (cx + 0.9 * u, top + 1.5 * u, cx + rng.uniform(1.5, 2.5) * u, top + rng.uniform(3, 5) * u), cloth),
+        ("line", (cx - 0.5 * u, top + 4.2 * u, cx - rng.uniform(0.5, 1.5) * u, top + 8 * u), legs),
+        ("line", (cx + 0.5 * u, top + 4.2 * u, cx + rng.uniform(0.5, 1.5) * u, top + 8 * u), legs),
+    ]
+    for kind, xy, colour in parts:
+        for d, fill in ((draw, colour), (mdraw, 1)):
+            if kind == "ellipse":
+                d.ellipse(xy, fill=fill)
+            elif kind == "rect":
+                d.rounded_rectangle(xy, radius=0.4 * u, fill=fill)
+            else:
+                d.line(xy, fill=fill, width=max(2, int(0.6 * u)))
+
+
+def make_demo_image(rng: np.random.Generator, size: int = 800) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic photo (textured background, 0-3 people, some gray/sepia) and its {0,1} mask."""
+    img = _texture(rng, size)
+    mask = Image.new("L", (size, size), 0)
+    draw, mdraw = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+    for _ in range(rng.choice([0, 1, 1, 1, 2, 3])):
+        _draw_person(draw, mdraw, rng, size)
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.5)))
+    a = np.asarray(img).astype(np.float32)
+    style = rng.random()
+    if style < 0.15:  # black-and-white photo
+        a = np.repeat(a.mean(axis=2, keepdims=True), 3, axis=2)
+    elif style < 0.25:  # sepia
+        a = a @ np.array([[0.393, 0.349, 0.272], [0.769, 0.686, 0.534], [0.189, 0.168, 0.131]])
+    return a.clip(0, 255).astype(np.uint8), np.array(mask, dtype=np.uint8)
+
+
+def make_demo_dataset(root: str | Path, n_train: int = 48, n_test: int = 12, size: int = 800,
+                      seed: int = 0) -> Path:
+    """Write a synthetic dataset in the competition layout (train/images, train/masks, test/images)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = rng.permutation(np.arange(1, 10 * (n_train + n_test) + 1))[: n_train + n_test]
+    for sub in ("train/images", "train/masks", "test/images"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for k, n in enumerate(names):
+        img, mask = make_demo_image(rng, size)
+        split = "train" if k < n_train else "test"
+        Image.fromarray(img).save(root / split / "images" / f"{n}.png")
+        if split == "train":
+            Image.fromarray(mask).save(root / "train" / "masks" / f"{n}.png")
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# Data: cached dataset, augmentation, normalisation, split
+# --------------------------------------------------------------------------------------------
+
+
+def _load_item(args: tuple[Path, Path | None, int]) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    """Decode one (image, mask) pair, check their sizes agree and resize both."""
+    img_path, mask_path, size = args
+    img = read_image(img_path)
+    mask = None
+    if mask_path is not None:
+        mask = read_mask(mask_path)
+        if mask.shape != img.shape[:2]:
+            raise ValueError(f"{img_path} is {img.shape[1]}x{img.shape[0]} but its mask {mask_path} is "
+                             f"{mask.shape[1]}x{mask.shape[0]}; they must have the same size.")
+        mask = resize_mask(mask, size)
+    return resize_image(img, size), mask, img.shape[:2]
+
+
+class CachedSegDataset(Dataset):
+    """Images (and masks) decoded and resized once, kept in RAM as uint8 tensors.
+
+    `items` are (image_path, mask_path_or_None). Each __getitem__ applies `transform` (a
+    torchvision v2 transform that receives tv_tensors.Image and tv_tensors.Mask) and returns
+    (normalised float image 3xSxS, float mask 1xSxS); test items return an all-zero mask.
+    """
+
+    def __init__(self, items: Sequence[tuple[Path, Path | None]], size: int,
+                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
+                 transform: Callable | None = None, workers: int = 2, progress: bool = True):
+        self.items, self.size, self.transform = list(items), size, transform
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        n = len(self.items)
+        self.images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+        self.masks = torch.zeros((n, 1, size, size), dtype=torch.uint8)
+        self.orig_sizes: list[tuple[int, int]] = []
+        jobs = [(Path(i), Path(m) if m else None, size) for i, m in self.items]
+        results = _parallel_map(_load_item, jobs, workers)
+        for k, (img, mask, hw) in enumerate(tqdm(results, total=n, desc=f"caching {n} images @ {size}px",
+                                                disable=not progress)):
+            self.images[k] = torch.from_numpy(img).permute(2, 0, 1)
+            if mask is not None:
+                self.masks[k, 0] = torch.from_numpy(mask)
+            self.orig_sizes.append(hw)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sample(k, self.transform)
+
+    def sample(self, k: int, transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item k after `transform`, normalised: (3xSxS float image, 1xSxS float {0,1} mask)."""
+        img, mask = tv_tensors.Image(self.images[k]), tv_tensors.Mask(self.masks[k])
+        if transform is not None:
+            img, mask = transform(img, mask)
+        x = (img.as_subclass(torch.Tensor).float() / 255 - self.mean) / self.std
+        return x, mask.as_subclass(torch.Tensor).float()
+
+
+def _parallel_map(fn: Callable, jobs: list, workers: int) -> Iterable:
+    """map() over a process pool when workers > 1, in order; plain map otherwise."""
+    if workers <= 1 or len(jobs) < 8:
+        return map(fn, jobs)
+    from concurrent.futures import ProcessPoolExecutor
+    pool = ProcessPoolExecutor(workers)
+    results = pool.map(fn, jobs, chunksize=4)
+
+    def gen():
+        try:
+            yield from results
+        finally:
+            pool.shutdown()
+    return gen()
+
+
+def train_transform(size: int, strength: float = 1.0) -> v2.Compose:
+    """Joint augmentation for image + mask: flip, scale/rotate/shift, colour jitter, grayscale."""
+    return v2.Compose([
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomApply([v2.RandomAffine(degrees=15 * strength, translate=(0.1 * strength, 0.1 * strength),
+                                        scale=(1 - 0.25 * strength, 1 + 0.25 * strength))], p=0.7),
+        v2.RandomApply([v2.ColorJitter(0.3 * strength, 0.3 * strength, 0.3 * strength, 0.05 * strength)], p=0.8),
+        v2.RandomGrayscale(p=0.1),
+    ])
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-1 scale) of an N x 3 x H x W uint8 tensor."""
+    x = images.float().div_(255) if images.numel() < 2**27 else images[::4].float().div_(255)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def coverage_bins(coverages: Sequence[float], n_bins: int = 4) -> np.ndarray:
+    """Quantile bin index of each image's person coverage, used to stratify the split."""
+    c = np.asarray(coverages, dtype=float)
+    edges = np.quantile(c, np.linspace(0, 1, n_bins + 1)[1:-1])
+    return np.searchsorted(edges, c, side="right")
+
+
+def stratified_split(strata: Sequence[int], val_frac: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of indices into (train, val) with the same share of each stratum in both."""
+    rng = random.Random(seed)
+    train, val = [], []
+    for s in sorted(set(strata)):
+        idx = [i for i, v in enumerate(strata) if v == s]
+        rng.shuffle(idx)
+        k = round(len(idx) * val_frac)
+        val += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(val)
+
+
+class Subset(Dataset):
+    """A view of some indices of a CachedSegDataset with its own transform (train vs val)."""
+
+    def __init__(self, base: CachedSegDataset, indices: Sequence[int], transform: Callable | None = None):
+        self.base, self.indices, self.transform = base, list(indices), transform
+        self.items = [base.items[i] for i in self.indices]
+        self.orig_sizes = [base.orig_sizes[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sample(k, self.transform)
+
+    def sample(self, k: int, transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item k of the subset after `transform`, as CachedSegDataset.sample."""
+        return self.base.sample(self.indices[k], transform)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and loss
+# --------------------------------------------------------------------------------------------
+
+
+def dice_score(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:
+    """Competition Dice of one binary mask pair: 2|A∩B|/(|A|+|B|), 1.0 when both are empty."""
+    p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and truth {t.shape} must have the same shape")
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+
+
+def dice_per_image(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Competition Dice of each image in a batch of binary masks (N x ...), 1 for empty/empty."""
+    p, t = pred.flatten(1).bool(), truth.flatten(1).bool()
+    inter = (p & t).sum(1).double()
+    denom = (p.sum(1) + t.sum(1)).double()
+    return torch.where(denom == 0, torch.ones_like(denom), 2 * inter / denom.clamp(min=1))
+
+
+def mean_dice(preds: Iterable, truths: Iterable) -> float:
+    """Mean per-image competition Dice over paired masks (the leaderboard score)."""
+    scores = [dice_score(p, t) for p, t in zip(preds, truths, strict=True)]
+    return float(np.mean(scores))
+
+
+class DiceBCELoss(nn.Module):
+    """bce_weight * BCE + dice_weight * (1 - soft Dice per image), computed in fp32 (AMP-safe)."""
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
+        super().__init__()
+        self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
+        soft_dice = (2 * (p * t).sum(1) + self.smooth) / (p.sum(1) + t.sum(1) + self.smooth)
+        return self.bce_weight * bce + self.dice_weight * (1 - soft_dice.mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) for repeatable runs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for a device: bf16 on Ampere+ GPUs, fp16 on older ones (T4), None on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved in every checkpoint."""
+
+    epochs: int = 40
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    amp: bool = True
+    patience: int = 0  # early stopping: epochs without val Dice gain (0: off)
+    time_budget_min: float = 0.0  # stop after the epoch that crosses it (0: no limit)
+    model: dict = field(default_factory=dict)  # architecture + data settings a checkpoint must match
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at total_steps."""
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary file then rename, so a crash never leaves a half-written file."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, model_config: dict | None = None) -> dict:
+    """Load a checkpoint safely (weights_only) and check it was made with the same model config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint there; train first or fix the path")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = state.get("config", {}).get("model", {})
+    if model_config is not None and saved != model_config:
+        diff = {k: (saved.get(k), model_config.get(k)) for k in set(saved) | set(model_config)
+                if saved.get(k) != model_config.get(k)}
+        raise ValueError(f"{path} was trained with another configuration (checkpoint vs now: {diff}). "
+                         f"Use the same settings, or a new RUN_DIR to train from scratch.")
+    return state
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, chunks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Split a batch into `chunks` micro-batches (gradient accumulation after an OOM)."""
+    return list(zip(x.chunk(chunks), y.chunk(chunks)))
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                    cfg: TrainConfig, device: torch.device, state: dict, epoch: int) -> tuple[float, float]:
+    """One pass over the training data; returns (mean loss, mean Dice at 0.5) of its batches."""
+    model.train()
+    dtype = amp_dtype(device) if cfg.amp else None
+    losses, dices = [], []
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} train", leave=False)
+    for step, (x, y) in enumerate(bar):
+        x = x.to(device, non_blocking=True, memory_format=_memory_format(device))
+        y = y.to(device, non_blocking=True)
+        while True:
+            try:
+                opt.zero_grad(set_to_none=True)
+                loss_sum, logits = 0.0, []
+                for xc, yc in _batches(x, y, state["chunks"]):
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                        out = model(xc)
+                    loss = loss_fn(out, yc) * len(xc) / len(x)
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+                    scaler.scale(loss).backward()
+                    loss_sum += loss.item()
+                    logits.append(out.detach())
+                break
+            except torch.OutOfMemoryError:
+                if state["chunks"] >= len(x):
+                    raise
+                state["chunks"] *= 2
+                opt.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                tqdm.write(f"CUDA out of memory: micro-batch halved to {math.ceil(len(x) / state['chunks'])} "
+                           f"(gradients accumulated over {state['chunks']} chunks, same effective batch)")
+        scaler.unscale_(opt)
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        losses.append(loss_sum)
+        dices.append(dice_per_image(torch.cat(logits) > 0, y > 0.5).mean().item())
+        bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+    return float(np.mean(losses)), float(np.mean(dices))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
+             amp: bool = True) -> tuple[float, float]:
+    """(mean loss, mean per-image Dice at threshold 0.5) at training resolution."""
+    model.eval()
+    dtype = amp_dtype(device) if amp else None
+    losses, dices = [], []
+    for x, y in loader:
+        x, y = x.to(device, memory_format=_memory_format(device)), y.to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(x)
+        losses.append(loss_fn(out, y).item() * len(x))
+        dices.append(dice_per_image(out > 0, y > 0.5))
+    n = sum(len(d) for d in dices)
+    return float(sum(losses) / n), float(torch.cat(dices).mean())
+
+
+def _memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (faster convolutions with tensor cores), contiguous elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg: TrainConfig,
+          run_dir: str | Path, device: torch.device, resume: bool = True,
+          log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
+    """Train with AdamW + warm-up/cosine LR, AMP, clipping, early stopping and checkpoints.
+
+    Writes run_dir/last.pt after every epoch and run_dir/best.pt when validation Dice improves.
+    With resume=True and a last.pt present, continues from the epoch after it. Returns the
+    history: train/val loss and Dice and the LR, one value per epoch.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device, memory_format=_memory_format(device))
+    loss_fn = DiceBCELoss(cfg.bce_weight, cfg.dice_weight)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * len(train_loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, warmup_cosine(steps, max(1, int(cfg.warmup_epochs * len(train_loader)))))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and amp_dtype(device) == torch.float16)
+    history: dict[str, list[float]] = {k: [] for k in ("train_loss", "val_loss", "train_dice", "val_dice", "lr")}
+    start, best, stale, state = 0, -1.0, 0, {"chunks": 1}
+    last = run_dir / "last.pt"
+    if resume and last.exists():
+        ck = load_checkpoint(last, cfg.model)
+        if ck["config"]["epochs"] != cfg.epochs:
+            raise ValueError(f"{last} was made for {ck['config']['epochs']} epochs, now EPOCHS={cfg.epochs}: "
+                             f"the LR schedule would not match. Use the same EPOCHS or a new RUN_DIR.")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        start, best, stale, history = ck["epoch"] + 1, ck["best_dice"], ck["stale"], ck["history"]
+        print(f"resumed from {last}: epoch {start} done, best val Dice {best:.4f}")
+    t0 = time.time()
+    for epoch in range(start, cfg.epochs):
+        try:
+            tr_loss, tr_dice = train_one_epoch(model, train_loader, loss_fn, opt, sched, scaler, cfg,
+                                               device, state, epoch)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}. Training stopped; the last good checkpoint is {last} "
+                                   f"(exists: {last.exists()}). Lower LR or set AMP=False and resume.") from None
+        va_loss, va_dice = evaluate(model, val_loader, loss_fn, device, cfg.amp)
+        for k, v in zip(history, (tr_loss, va_loss, tr_dice, va_dice, sched.get_last_lr()[0])):
+            history[k].append(v)
+        improved = va_dice > best
+        best, stale = (va_dice, 0) if improved else (best, stale + 1)
+        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+              "scaler": scaler.state_dict(), "epoch": epoch, "best_dice": best, "stale": stale,
+              "history": history, "config": asdict(cfg)}
+        save_checkpoint(last, ck)
+        if improved:
+            save_checkpoint(run_dir / "best.pt", ck)
+        print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {tr_loss:.4f}/{va_loss:.4f}  "
+              f"dice {tr_dice:.4f}/{va_dice:.4f}  lr {history['lr'][-1]:.2e}{'  *best*' if improved else ''}")
+        if log is not None:
+            log({k: v[-1] for k, v in history.items()} | {"epoch": epoch + 1})
+        if cfg.patience and stale >= cfg.patience:
+            print(f"early stop: no val Dice gain in {cfg.patience} epochs")
+            break
+        if cfg.time_budget_min and time.time() - t0 > 60 * cfg.time_budget_min:
+            print(f"time budget of {cfg.time_budget_min} min reached after epoch {epoch + 1}")
+            break
+    return history
+
+
+def init_wandb(project: str, config: dict):
+    """A W&B run when WANDB_API_KEY (env or Colab secret) is set and wandb installed; else None, said aloud."""
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            from google.colab import userdata  # type: ignore[import-not-found]
+            key = userdata.get("WANDB_API_KEY")
+        except Exception:  # not on Colab, or no such secret
+            key = None
+    if not key:
+        print("W&B: no WANDB_API_KEY (environment or Colab secret); training without logging")
+        return None
+    try:
+        import wandb
+    except ImportError:
+        print("W&B: package missing (pip install wandb); training without logging")
+        return None
+    wandb.login(key=key)
+    return wandb.init(project=project, config=config)
+
+
+def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: bool = True,
+                    max_batch: int = 64, memory_fraction: float = 0.8) -> int:
+    """Largest power-of-two batch whose real training step fits in memory_fraction of the GPU.
+
+    Probes forward + backward + optimizer step at decreasing sizes; each OOM halves the batch.
+    The fraction leaves room for fragmentation, the validation pass and other processes.
+    """
+    if device.type != "cuda":
+        raise ValueError("find_batch_size probes GPU memory; on CPU pick a batch size by hand")
+    saved = copy.deepcopy(model.state_dict())  # the probe's steps must not change the model
+    model.to(device, memory_format=torch.channels_last).train()
+    total = torch.cuda.get_device_properties(device).total_memory
+    loss_fn, dtype = DiceBCELoss(), amp_dtype(device) if amp else None
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-9)
+    batch = max_batch
+    while batch >= 1:
+        try:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            x = torch.randn(batch, 3, img_size, img_size, device=device).to(memory_format=torch.channels_last)
+            y = (torch.rand(batch, 1, img_size, img_size, device=device) > 0.5).float()
+            for _ in range(2):
+                with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                    loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            peak = torch.cuda.max_memory_allocated(device)
+            del x, y, loss
+            if peak <= memory_fraction * total:
+                print(f"batch {batch}: peak {peak / 2**30:.2f} GiB of {total / 2**30:.1f} GiB -> using it")
+                model.load_state_dict(saved)
+                return batch
+            print(f"batch {batch}: peak {peak / 2**30:.2f} GiB > {memory_fraction:.0%} of the GPU, halving")
+        except torch.OutOfMemoryError:
+            print(f"batch {batch}: out of memory, halving")
+        opt.zero_grad(set_to_none=True)
+        batch //= 2
+    raise RuntimeError(f"even batch 1 does not fit at {img_size}px; lower IMG_SIZE or BASE_CHANNELS")
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool = True,
+                  batch_size: int = 8, amp: bool = True) -> Iterable[tuple[int, np.ndarray]]:
+    """Yield (index, probability map at the image's own size) for every item of a cached dataset.
+
+    Logits are computed at the training size, averaged with the horizontally flipped pass when
+    `tta`, upsampled bilinearly to each image's original (H, W), and only then passed through
+    the sigmoid, so thresholds apply at full resolution.
+    """
+    model.eval()
+    dtype = amp_dtype(device) if amp else None
+    for lo in range(0, len(ds), batch_size):
+        idx = list(range(lo, min(lo + batch_size, len(ds))))
+        x = torch.stack([ds.sample(i, None)[0] for i in idx]).to(device, memory_format=_memory_format(device))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x).float()
+            if tta:
+                logits = (logits + model(x.flip(-1)).float().flip(-1)) / 2
+        for k, i in enumerate(idx):
+            h, w = ds.orig_sizes[i]
+            full = F.interpolate(logits[k:k + 1], size=(h, w), mode="bilinear", align_corners=False)
+            yield i, torch.sigmoid(full)[0, 0].cpu().numpy()
+
+
+def threshold_sweep(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device,
+                    thresholds: Sequence[float], tta: bool = True) -> tuple[np.ndarray, list[float]]:
+    """Per-image full-resolution Dice for each threshold (N x T) and each image's true coverage."""
+    scores, coverage = np.zeros((len(ds), len(thresholds))), []
+    for i, prob in tqdm(predict_probs(model, ds, device, tta), total=len(ds), desc="full-size eval", leave=False):
+        truth = read_mask(ds.items[i][1]).astype(bool)
+        coverage.append(float(truth.mean()))
+        for j, t in enumerate(thresholds):
+            scores[i, j] = dice_score(prob > t, truth)
+    return scores, coverage
+
+
+# --------------------------------------------------------------------------------------------
+# Submission: RLE, CSV writing, validation
+# --------------------------------------------------------------------------------------------
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """Run-length encode a binary mask in Fortran (column-major) order with 1-indexed starts."""
+    pixels = np.asarray(mask).astype(bool).flatten(order="F").astype(np.int8)
+    padded = np.concatenate([[0], pixels, [0]])
+    runs = np.flatnonzero(padded[1:] != padded[:-1]) + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(map(str, runs))
+
+
+def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """Decode `start length ...` (1-indexed, Fortran order) into an HxW uint8 {0,1} mask."""
+    flat = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    nums = np.array(rle.split(), dtype=np.int64)
+    for start, length in zip(nums[::2], nums[1::2]):
+        flat[start - 1:start - 1 + length] = 1
+    return flat.reshape(shape, order="F")
+
+
+def submission_order(test_ids: Sequence[str], sample_csv: str | Path | None) -> list[str]:
+    """Test ids in sample_submission.csv order when there is one, else as given."""
+    if not sample_csv or not Path(sample_csv).is_file():
+        return list(test_ids)
+    with open(sample_csv, newline="") as f:
+        order = [r["id"] for r in csv.DictReader(f)]
+    if sorted(order) != sorted(test_ids):
+        raise ValueError(f"{sample_csv} lists other ids than the test images folder; check the download")
+    return order
+
+
+def new_submission_path(path: str | Path | None = None, out_dir: str | Path = "submissions") -> Path:
+    """A path that does not exist yet: `path`, or a timestamped name in out_dir; `_1`, `_2`... if taken."""
+    p = Path(path) if path else Path(out_dir) / f"submission_{datetime.now():%Y%m%d-%H%M%S}.csv"
+    candidate, k = p, 0
+    while candidate.exists():
+        k += 1
+        candidate = p.with_name(f"{p.stem}_{k}{p.suffix}")
+    if candidate != p and path:
+        print(f"{p} exists: writing {candidate} instead (nothing is overwritten)")
+    candidate.parent.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def write_submission(rows: Iterable[tuple[str, str]], path: str | Path | None = None,
+                     out_dir: str | Path = "submissions") -> Path:
+    """Write `id,encoded_pixels` rows to a new CSV (never overwriting) and return its path."""
+    target = new_submission_path(path, out_dir)
+    with open(target, "x", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "encoded_pixels"])
+        w.writerows(rows)
+    return target
+
+
+def _check_runs(rle: str, n_pixels: int, rid: str) -> None:
+    """Raise ValueError unless `rle` is sorted, non-overlapping, positive runs inside n_pixels."""
+    toks = rle.split()
+    if len(toks) % 2:
+        raise ValueError(f"{rid}: odd number of values in encoded_pixels")
+    if not all(t.isdigit() for t in toks):
+        raise ValueError(f"{rid}: encoded_pixels must be non-negative integers, got {rle[:40]!r}")
+    nums = [int(t) for t in toks]
+    prev_end = 0
+    for start, length in zip(nums[::2], nums[1::2]):
+        if start < 1 or length < 1:
+            raise ValueError(f"{rid}: run ({start}, {length}) needs start >= 1 and length >= 1")
+        if start <= prev_end:
+            raise ValueError(f"{rid}: runs unsorted or overlapping at start {start}")
+        prev_end = start + length - 1
+        if prev_end > n_pixels:
+            raise ValueError(f"{rid}: run ({start}, {length}) goes past the {n_pixels} pixels of the image")
+
+
+def validate_submission(csv_path: str | Path, test_images_dir: str | Path) -> int:
+    """Check a submission against the test images; raise ValueError with the reason, else return rows."""
+    sizes = {p.name: image_size(p) for p in list_images(test_images_dir)}
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0]] != ["id", "encoded_pixels"]:
+        raise ValueError(f"{csv_path}: header must be exactly 'id,encoded_pixels'")
+    seen: set[str] = set()
+    for r in rows[1:]:
+        if len(r) != 2:
+            raise ValueError(f"{csv_path}: row {r!r} does not have 2 columns")
+        rid = r[0]
+        if rid in seen:
+            raise ValueError(f"{csv_path}: id {rid} appears twice")
+        if rid not in sizes:
+            raise ValueError(f"{csv_path}: id {rid} is not a file in {test_images_dir}")
+        seen.add(rid)
+        h, w = sizes[rid]
+        _check_runs(r[1], h * w, rid)
+    missing = sorted(set(sizes) - seen)
+    if missing:
+        raise ValueError(f"{csv_path}: {len(missing)} test image(s) have no row, e.g. {missing[:5]}")
+    return len(seen)
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def overlay(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 255),
+            alpha: float = 0.45) -> np.ndarray:
+    """The image with the mask painted over it in a translucent colour."""
+    out = img.astype(np.float32).copy()
+    m = np.asarray(mask, dtype=bool)
+    out[m] = (1 - alpha) * out[m] + alpha * np.array(color, dtype=np.float32)
+    return out.astype(np.uint8)
+
+
+def error_overlay(img: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The image with true positives green, false positives red and false negatives blue."""
+    p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    out = img
+    for m, c in ((p & t, (0, 200, 0)), (p & ~t, (255, 0, 0)), (~p & t, (0, 80, 255))):
+        out = overlay(out, m, c, alpha)
+    return out
+
+
+def show_grid(pictures: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 4,
+              size: float = 3.0):
+    """Show images in a grid with optional titles; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    nrows = math.ceil(len(pictures) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, (ax, pic) in enumerate(zip(axes.flat, pictures)):
+        ax.imshow(pic, cmap="gray" if pic.ndim == 2 else None)
+        if titles is not None:
+            ax.set_title(titles[k], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: dict[str, list[float]]):
+    """Loss, Dice (train vs validation) and learning rate per epoch, side by side."""
+    import matplotlib.pyplot as plt
+    ep = np.arange(1, len(history["train_loss"]) + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for ax, key in zip(axes[:2], ("loss", "dice")):
+        ax.plot(ep, history[f"train_{key}"], label="train")
+        ax.plot(ep, history[f"val_{key}"], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    axes[2].plot(ep, history["lr"])
+    axes[2].set_title("learning rate (end of epoch)")
+    axes[2].set_xlabel("epoch")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_dice_vs_coverage(dice: Sequence[float], coverage: Sequence[float]):
+    """Scatter of each validation image's Dice against the share of the image the person covers."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(np.asarray(coverage) * 100, dice, s=14, alpha=0.7)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("person coverage (% of pixels, log scale)")
+    ax.set_ylabel("Dice")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def activation_bytes(model: nn.Module, size: int, bytes_per_value: int = 4) -> int:
+    """Bytes of the outputs of every leaf module for one size x size image: what backward keeps.
+
+    Runs on the meta device (shapes only, no memory, instant), so it works for any size on CPU.
+    In-place ReLUs share their input's storage and are not counted twice.
+    """
+    total = 0
+
+    def hook(mod: nn.Module, _inp, out: torch.Tensor) -> None:
+        nonlocal total
+        if not (isinstance(mod, nn.ReLU) and mod.inplace):
+            total += out.numel() * bytes_per_value
+
+    meta = copy.deepcopy(model).to("meta")
+    handles = [m.register_forward_hook(hook) for m in meta.modules() if not list(m.children())]
+    with torch.no_grad():
+        meta(torch.empty(1, 3, size, size, device="meta"))
+    for h in handles:
+        h.remove()
+    return total
