@@ -151,10 +151,11 @@ def find_data_root(path: str | Path, depth: int = 2, exclude: Path | None = None
 
 
 def kaggle_credentials_available() -> bool:
-    """True when the Kaggle API can authenticate (env vars or ~/.kaggle/kaggle.json)."""
+    """True when the Kaggle CLI can authenticate: KAGGLE_USERNAME/KAGGLE_KEY, or a kaggle.json where it looks."""
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
         return True
-    return (Path.home() / ".kaggle" / "kaggle.json").is_file()
+    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return (folder / "kaggle.json").is_file()
 
 
 def install_kaggle_json(source: str | Path) -> Path:
@@ -951,18 +952,23 @@ def plot_dice_vs_coverage(dice: Sequence[float], coverage: Sequence[float]):
     return fig
 
 
-def activation_bytes(model: nn.Module, size: int, bytes_per_value: int = 4) -> int:
-    """Bytes of the outputs of every leaf module for one size x size image: what backward keeps.
+def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple[int, float]:
+    """(activation bytes, forward GFLOPs) of one size x size image, from the leaf modules' outputs.
 
-    Runs on the meta device (shapes only, no memory, instant), so it works for any size on CPU.
-    In-place ReLUs share their input's storage and are not counted twice.
+    The activations are what backward keeps (in-place ReLUs share storage and are not counted);
+    FLOPs count the multiply-adds of convolutions as 2 operations. Runs on the meta device
+    (shapes only: no memory, instant), so it works for any size on a CPU.
     """
-    total = 0
+    total, flops = 0, 0
 
     def hook(mod: nn.Module, _inp, out: torch.Tensor) -> None:
-        nonlocal total
+        nonlocal total, flops
         if not (isinstance(mod, nn.ReLU) and mod.inplace):
             total += out.numel() * bytes_per_value
+        if isinstance(mod, nn.Conv2d):
+            flops += 2 * out.numel() * mod.in_channels // mod.groups * math.prod(mod.kernel_size)
+        elif isinstance(mod, nn.ConvTranspose2d):
+            flops += 2 * _inp[0].numel() * mod.out_channels * math.prod(mod.kernel_size)
 
     meta = copy.deepcopy(model).to("meta")
     handles = [m.register_forward_hook(hook) for m in meta.modules() if not list(m.children())]
@@ -970,4 +976,4 @@ def activation_bytes(model: nn.Module, size: int, bytes_per_value: int = 4) -> i
         meta(torch.empty(1, 3, size, size, device="meta"))
     for h in handles:
         h.remove()
-    return total
+    return total, flops / 1e9

@@ -185,6 +185,7 @@ def test_auto_detection_order(tmp_path, monkeypatch, demo_root):
     monkeypatch.setattr(U, "KAGGLE_INPUT", tmp_path / "kaggle-input")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
     local = tmp_path / "data"
     local.mkdir()
     root, is_demo = U.resolve_data_dir(None, local=local)  # nothing anywhere: demo, generated
@@ -201,9 +202,26 @@ def test_auto_detection_order(tmp_path, monkeypatch, demo_root):
 
 def test_kaggle_json_installed_with_mode_600(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
     src = tmp_path / "kaggle.json"
     src.write_text('{"username": "u", "key": "k"}')
     target = U.install_kaggle_json(src)
     assert target == tmp_path / "home" / ".kaggle" / "kaggle.json"
     assert target.stat().st_mode & 0o777 == 0o600
+    assert U.kaggle_credentials_available()
+
+
+def test_kaggle_credentials_from_env_or_config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
+    assert not U.kaggle_credentials_available()
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "kaggle.json").write_text("{}")
+    assert U.kaggle_credentials_available()
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR")
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")
+    monkeypatch.setenv("KAGGLE_KEY", "k")
     assert U.kaggle_credentials_available()

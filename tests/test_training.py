@@ -203,3 +203,18 @@ def test_batch_finder_on_gpu(UNet):
     b = U.find_batch_size(model, 64, torch.device("cuda"), max_batch=8)
     assert 1 <= b <= 8
     assert all(torch.equal(before[k], v.cpu()) for k, v in model.state_dict().items())
+
+
+def test_wandb_is_off_without_a_key(monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert U.init_wandb("p", {}) is None
+    assert "no WANDB_API_KEY" in capsys.readouterr().out
+
+
+def test_forward_cost_counts_activations_and_flops():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(inplace=True),
+                              torch.nn.ConvTranspose2d(8, 2, 2, stride=2))
+    act, gflops = U.forward_cost(net, 16)
+    assert act == 4 * (8 * 16 * 16 + 2 * 32 * 32)  # in-place ReLU not counted twice
+    assert gflops * 1e9 == pytest.approx(2 * 8 * 16 * 16 * 3 * 9 + 2 * 8 * 16 * 16 * 2 * 4)
+    assert next(net.parameters()).device.type == "cpu"  # measured on a copy
