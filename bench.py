@@ -1,6 +1,6 @@
 """Speed and memory benchmark: input pipeline, training step, inference + RLE + CSV.
 
-    python bench.py --data DIR [--size 384] [--base 32] [--batch 16] [--out bench.json]
+    python bench.py --data DIR [--size 384] [--base 32] [--batch 16] [--parts loader,train,infer]
 
 DIR is a competition-layout folder (the Kaggle download, or one made by
 ../shared/tools/make_dataset.py). Figures are printed as a table and written to --out.
@@ -109,7 +109,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--steps", type=int, default=10, help="training steps timed per config")
-    ap.add_argument("--out", type=Path, default=Path("bench.json"))
+    ap.add_argument("--parts", default="loader,train,infer", help="comma-separated subset of loader,train,infer")
+    ap.add_argument("--out", type=Path, default=Path("outputs/bench.json"))
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from tests.conftest import notebook_cells  # the notebook's own U-Net
@@ -128,28 +129,33 @@ def main() -> None:
     aug = U.train_transform(a.size)
     train_cached = U.Subset(cached, range(len(cached)), aug)
     uncached = DecodeEveryEpoch(pairs, a.size, mean, std, aug)
-    r["loader img/s cached"] = loader_rate(train_cached, a.batch, a.workers)
-    r["loader img/s decode every epoch"] = loader_rate(uncached, a.batch, a.workers, epochs=1)
-    r["loader speed-up"] = r["loader img/s cached"] / r["loader img/s decode every epoch"]
+    parts = set(a.parts.split(","))
+    if "loader" in parts:
+        r["loader img/s cached"] = loader_rate(train_cached, a.batch, a.workers)
+        r["loader img/s decode every epoch"] = loader_rate(uncached, a.batch, a.workers, epochs=1)
+        r["loader speed-up"] = r["loader img/s cached"] / r["loader img/s decode every epoch"]
 
     def loader(ds):
         return DataLoader(ds, a.batch, shuffle=True, num_workers=a.workers, drop_last=True,
                           pin_memory=device.type == "cuda", persistent_workers=a.workers > 0)
 
     torch.manual_seed(0)
-    r["train img/s default"], r["peak GiB default"] = train_rate(
-        ns["UNet"](base=a.base), loader(train_cached), device, amp=True, channels_last=device.type == "cuda",
-        steps=a.steps)
-    if device.type == "cuda":
+    if "train" in parts:
+        r["train img/s default"], r["peak GiB default"] = train_rate(
+            ns["UNet"](base=a.base), loader(train_cached), device, amp=True, channels_last=device.type == "cuda",
+            steps=a.steps)
+    if "train" in parts and device.type == "cuda":
         r["train img/s baseline (fp32, NCHW, decode)"], r["peak GiB baseline"] = train_rate(
             ns["UNet"](base=a.base), loader(uncached), device, amp=False, channels_last=False, steps=a.steps)
         r["train speed-up"] = r["train img/s default"] / r["train img/s baseline (fp32, NCHW, decode)"]
-    model = ns["UNet"](base=a.base).to(device).eval()
-    r["inference+RLE+CSV s (534 imgs, 800x800)"] = inference_time(model, a.data / "test" / "images", a.size,
-                                                                   mean, std, device)
+    if "infer" in parts:
+        model = ns["UNet"](base=a.base).to(device).eval()
+        r["inference+RLE+CSV s (534 imgs, 800x800)"] = inference_time(model, a.data / "test" / "images", a.size,
+                                                                       mean, std, device)
     width = max(map(len, r))
     for k, v in r.items():
         print(f"{k:<{width}}  {v:.3g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(r, indent=1, default=float))
 
 

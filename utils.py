@@ -190,16 +190,25 @@ def download_competition(dest: str | Path) -> Path:
 def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data") -> tuple[Path, bool]:
     """Find the data: explicit path, else Kaggle input, data/, a Kaggle download, else the demo set.
 
-    Returns (root, is_demo). An explicit path that holds no train/images is an error, never
-    silently replaced by the demo data.
+    Returns (root, is_demo). An explicit path that does not exist is an error, never silently
+    replaced by other data; an existing but empty folder is auto-detected, with downloads and the
+    demo data going into it, and says so.
     """
     if data_dir:
-        root = find_data_root(data_dir)
-        if root is None:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
             raise FileNotFoundError(
-                f"DATA_DIR={data_dir!s}: no train/images folder at or below it. Point DATA_DIR at the "
-                f"unzipped competition download, or set DATA_DIR=None to auto-detect (demo data as last resort).")
-        return root, False
+                f"DATA_DIR={data_dir!s}: no such folder. Point DATA_DIR at the unzipped competition "
+                f"download (the folder with train/images), or set DATA_DIR=None to auto-detect.")
+        root = find_data_root(data_dir)
+        if root is not None:
+            return root, False
+        if any(p for p in data_dir.iterdir() if not p.name.startswith(".")):
+            raise FileNotFoundError(
+                f"DATA_DIR={data_dir!s}: no train/images folder at or below it, but it is not empty. Point "
+                f"DATA_DIR at the folder holding train/images and test/images.")
+        print(f"DATA_DIR={data_dir!s} is empty: auto-detecting, downloads and demo data go there")
+        local = data_dir
     demo = Path(local) / "demo"
     for candidate in (KAGGLE_INPUT, Path(local)):
         root = find_data_root(candidate, exclude=demo)

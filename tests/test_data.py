@@ -174,11 +174,23 @@ def test_demo_dataset_has_the_competition_layout(demo_root):
 
 
 def test_explicit_data_dir_that_does_not_exist_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="DATA_DIR=.*nope.*no train/images"):
+    with pytest.raises(FileNotFoundError, match="DATA_DIR=.*nope: no such folder"):
         U.resolve_data_dir(tmp_path / "nope")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "readme.txt").write_text("not the data")
+    with pytest.raises(FileNotFoundError, match="no train/images folder"):
+        U.resolve_data_dir(tmp_path / "other")
+
+
+def test_explicit_empty_data_dir_is_auto_detected_into_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(U, "KAGGLE_INPUT", tmp_path / "kaggle-input")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no train/images"):
-        U.resolve_data_dir(tmp_path / "empty")
+    (tmp_path / "empty" / ".DS_Store").write_text("")
+    assert U.resolve_data_dir(tmp_path / "empty") == (tmp_path / "empty" / "demo", True)
+    assert "is empty: auto-detecting" in capsys.readouterr().out
 
 
 def test_auto_detection_order(tmp_path, monkeypatch, demo_root):

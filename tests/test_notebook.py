@@ -68,7 +68,7 @@ def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path
 def test_headless_run_with_a_wrong_data_dir_fails_clearly(tmp_path):
     out = run_notebook(tmp_path, f"DATA_DIR={tmp_path / 'missing'}")
     assert out.returncode != 0
-    assert "no train/images folder" in out.stderr + (tmp_path / "out.ipynb").read_text()
+    assert "missing: no such folder" in out.stderr + (tmp_path / "out.ipynb").read_text()
 
 
 @pytest.mark.slow
