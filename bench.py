@@ -34,6 +34,10 @@ class DecodeEveryEpoch(Dataset):
     def __len__(self):
         return len(self.pairs)
 
+    def normalize(self, x):
+        """Items are normalised in the worker already, as the student notebook did."""
+        return x
+
     def __getitem__(self, k):
         img_p, mask_p = self.pairs[k]
         img = torch.from_numpy(U.resize_image(U.read_image(img_p), self.size)).permute(2, 0, 1)
@@ -71,7 +75,8 @@ def train_rate(model, loader, device, amp, channels_last, steps) -> tuple[float,
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 n, t0 = 0, time.perf_counter()
-            x, y = x.to(device, memory_format=fmt, non_blocking=True), y.to(device, non_blocking=True)
+            x = loader.dataset.normalize(x.to(device, non_blocking=True)).contiguous(memory_format=fmt)
+            y = y.to(device, non_blocking=True).float()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
@@ -125,7 +130,7 @@ def main() -> None:
     cached = U.CachedSegDataset(pairs, a.size, workers=a.workers, progress=False)
     r["cache build s"] = time.perf_counter() - t0
     mean, std = U.channel_stats(cached.images)
-    cached.mean, cached.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    cached.set_stats(mean, std)
     aug = U.train_transform(a.size)
     train_cached = U.Subset(cached, range(len(cached)), aug)
     uncached = DecodeEveryEpoch(pairs, a.size, mean, std, aug)

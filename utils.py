@@ -323,15 +323,16 @@ class CachedSegDataset(Dataset):
 
     `items` are (image_path, mask_path_or_None). Each __getitem__ applies `transform` (a
     torchvision v2 transform that receives tv_tensors.Image and tv_tensors.Mask) and returns
-    (normalised float image 3xSxS, float mask 1xSxS); test items return an all-zero mask.
+    (uint8 image 3xSxS, uint8 {0,1} mask 1xSxS); test items return an all-zero mask. Batches
+    stay uint8 through the DataLoader (4x less copying between processes and to the GPU) and
+    are normalised on the device by `normalize`.
     """
 
     def __init__(self, items: Sequence[tuple[Path, Path | None]], size: int,
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
                  transform: Callable | None = None, workers: int = 2, progress: bool = True):
         self.items, self.size, self.transform = list(items), size, transform
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.set_stats(mean, std)
         n = len(self.items)
         self.images = torch.empty((n, 3, size, size), dtype=torch.uint8)
         self.masks = torch.zeros((n, 1, size, size), dtype=torch.uint8)
@@ -352,12 +353,20 @@ class CachedSegDataset(Dataset):
         return self.sample(k, self.transform)
 
     def sample(self, k: int, transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item k after `transform`, normalised: (3xSxS float image, 1xSxS float {0,1} mask)."""
+        """Item k after `transform`: (3xSxS uint8 image, 1xSxS uint8 {0,1} mask)."""
         img, mask = tv_tensors.Image(self.images[k]), tv_tensors.Mask(self.masks[k])
         if transform is not None:
             img, mask = transform(img, mask)
-        x = (img.as_subclass(torch.Tensor).float() / 255 - self.mean) / self.std
-        return x, mask.as_subclass(torch.Tensor).float()
+        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+    def set_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Use these per-channel mean/std (0-1 scale) in `normalize`."""
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 image(s) (..., 3, H, W) on any device -> float, scaled to 0-1, minus mean, over std."""
+        return (x.float() / 255 - self.mean.to(x.device)) / self.std.to(x.device)
 
 
 def _parallel_map(fn: Callable, jobs: list, workers: int) -> Iterable:
@@ -377,12 +386,13 @@ def _parallel_map(fn: Callable, jobs: list, workers: int) -> Iterable:
 
 
 def train_transform(size: int, strength: float = 1.0) -> v2.Compose:
-    """Joint augmentation for image + mask: flip, scale/rotate/shift, colour jitter, grayscale."""
+    """Joint augmentation for image + mask: flip, scale/rotate/shift, brightness/contrast/saturation, grayscale."""
     return v2.Compose([
         v2.RandomHorizontalFlip(p=0.5),
         v2.RandomApply([v2.RandomAffine(degrees=15 * strength, translate=(0.1 * strength, 0.1 * strength),
                                         scale=(1 - 0.25 * strength, 1 + 0.25 * strength))], p=0.7),
-        v2.RandomApply([v2.ColorJitter(0.3 * strength, 0.3 * strength, 0.3 * strength, 0.05 * strength)], p=0.8),
+        # no hue jitter: at 384 px it costs 6.5 of the 9 ms per image and barely changes colours
+        v2.RandomApply([v2.ColorJitter(0.3 * strength, 0.3 * strength, 0.3 * strength)], p=0.8),
         v2.RandomGrayscale(p=0.1),
     ])
 
@@ -430,6 +440,10 @@ class Subset(Dataset):
     def sample(self, k: int, transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Item k of the subset after `transform`, as CachedSegDataset.sample."""
         return self.base.sample(self.indices[k], transform)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The base dataset's normalisation."""
+        return self.base.normalize(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,8 +576,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
     losses, dices = [], []
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} train", leave=False)
     for step, (x, y) in enumerate(bar):
-        x = x.to(device, non_blocking=True, memory_format=_memory_format(device))
-        y = y.to(device, non_blocking=True)
+        x, y = _to_device(x, y, loader, device)
         while True:
             try:
                 opt.zero_grad(set_to_none=True)
@@ -606,13 +619,20 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: t
     dtype = amp_dtype(device) if amp else None
     losses, dices = [], []
     for x, y in loader:
-        x, y = x.to(device, memory_format=_memory_format(device)), y.to(device)
+        x, y = _to_device(x, y, loader, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = model(x)
         losses.append(loss_fn(out, y).item() * len(x))
         dices.append(dice_per_image(out > 0, y > 0.5))
     n = sum(len(d) for d in dices)
     return float(sum(losses) / n), float(torch.cat(dices).mean())
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, loader: DataLoader,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a uint8 batch to the device, normalise it there (the loader's dataset knows how), floats out."""
+    x = loader.dataset.normalize(x.to(device, non_blocking=True))
+    return x.contiguous(memory_format=_memory_format(device)), y.to(device, non_blocking=True).float()
 
 
 def _memory_format(device: torch.device) -> torch.memory_format:
@@ -625,7 +645,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
           log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
     """Train with AdamW + warm-up/cosine LR, AMP, clipping, early stopping and checkpoints.
 
-    Writes run_dir/last.pt after every epoch and run_dir/best.pt when validation Dice improves.
+    The loaders' datasets (CachedSegDataset / Subset) yield uint8 batches and normalise them on
+    the device. Writes run_dir/last.pt after every epoch and run_dir/best.pt when validation Dice improves.
     With resume=True and a last.pt present, continues from the epoch after it. Returns the
     history: train/val loss and Dice and the LR, one value per epoch.
     """
@@ -764,7 +785,8 @@ def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch
     dtype = amp_dtype(device) if amp else None
     for lo in range(0, len(ds), batch_size):
         idx = list(range(lo, min(lo + batch_size, len(ds))))
-        x = torch.stack([ds.sample(i, None)[0] for i in idx]).to(device, memory_format=_memory_format(device))
+        x = ds.normalize(torch.stack([ds.sample(i, None)[0] for i in idx]).to(device))
+        x = x.contiguous(memory_format=_memory_format(device))
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x).float()
             if tta:
