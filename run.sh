@@ -10,9 +10,11 @@ python -m papermill obligatorio.ipynb "$out" "$@"
 python - "$out" <<'PY'
 import json, re, sys
 text = json.dumps(json.load(open(sys.argv[1])))
-for pattern in (r"DEMO DATASET", r"wrote (\S+?\.csv): (\d+) rows, valid", r"val Dice @ full size \(Kaggle metric\)\s+([\d.]+)"):
+if "DEMO DATASET" in text:
+    print("NOTE: ran on the generated DEMO dataset (no competition data found): its scores say nothing about real photos")
+for pattern in (r"wrote (\S+?\.csv): (\d+) rows, valid", r"val Dice @ full size \(Kaggle metric\)\s+([\d.]+)"):
     m = re.search(pattern, text)
     if m:
-        print(m.group(0).replace("\\n", " "))
+        print(re.sub(r"\s+", " ", m.group(0)))
 PY
 echo "executed notebook: $out"

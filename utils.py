@@ -397,10 +397,22 @@ def train_transform(size: int, strength: float = 1.0) -> v2.Compose:
     ])
 
 
-def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (0-1 scale) of an N x 3 x H x W uint8 tensor."""
-    x = images.float().div_(255) if images.numel() < 2**27 else images[::4].float().div_(255)
-    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+def channel_stats(images: torch.Tensor, chunk: int = 128) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-1 scale) of an N x 3 x H x W uint8 tensor, in chunks (little RAM)."""
+    total, total_sq = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for c in images.split(chunk):
+        x = c.to(torch.float64).div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += x.square().sum(dim=(0, 2, 3))
+    n = images.numel() / 3
+    mean = total / n
+    std = (total_sq / n - mean.square()).clamp(min=0).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def per_image_mean(t: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """Mean of each item of an N x ... uint8 tensor (e.g. person coverage of masks), in chunks."""
+    return torch.cat([c.flatten(1).float().mean(1) for c in t.split(chunk)])
 
 
 def coverage_bins(coverages: Sequence[float], n_bins: int = 4) -> np.ndarray:
@@ -742,6 +754,7 @@ def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-9)
     batch = max_batch
     while batch >= 1:
+        x = y = loss = None  # drop the failed attempt's tensors before allocating smaller ones
         try:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)

@@ -240,3 +240,13 @@ def test_kaggle_credentials_from_env_or_config_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_USERNAME", "u")
     monkeypatch.setenv("KAGGLE_KEY", "k")
     assert U.kaggle_credentials_available()
+
+
+def test_channel_stats_in_chunks_match_the_direct_formula():
+    imgs = torch.randint(0, 256, (37, 3, 8, 8), dtype=torch.uint8)
+    mean, std = U.channel_stats(imgs, chunk=5)
+    x = imgs.double() / 255
+    assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-9)
+    assert std == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-9)
+    cov = U.per_image_mean((imgs[:, :1] > 127).to(torch.uint8), chunk=5)
+    assert cov.tolist() == pytest.approx((imgs[:, :1] > 127).double().mean(dim=(1, 2, 3)).tolist())
