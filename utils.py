@@ -781,6 +781,33 @@ def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: 
     raise RuntimeError(f"even batch 1 does not fit at {img_size}px; lower IMG_SIZE or BASE_CHANNELS")
 
 
+def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple[int, float]:
+    """(activation bytes, forward GFLOPs) of one size x size image, from the leaf modules' outputs.
+
+    The activations are what backward keeps (in-place ReLUs share storage and are not counted);
+    FLOPs count the multiply-adds of convolutions as 2 operations. Runs on the meta device
+    (shapes only: no memory, instant), so it works for any size on a CPU.
+    """
+    total, flops = 0, 0
+
+    def hook(mod: nn.Module, _inp, out: torch.Tensor) -> None:
+        nonlocal total, flops
+        if not (isinstance(mod, nn.ReLU) and mod.inplace):
+            total += out.numel() * bytes_per_value
+        if isinstance(mod, nn.Conv2d):
+            flops += 2 * out.numel() * mod.in_channels // mod.groups * math.prod(mod.kernel_size)
+        elif isinstance(mod, nn.ConvTranspose2d):
+            flops += 2 * _inp[0].numel() * mod.out_channels * math.prod(mod.kernel_size)
+
+    meta = copy.deepcopy(model).to("meta")
+    handles = [m.register_forward_hook(hook) for m in meta.modules() if not list(m.children())]
+    with torch.no_grad():
+        meta(torch.empty(1, 3, size, size, device="meta"))
+    for h in handles:
+        h.remove()
+    return total, flops / 1e9
+
+
 # --------------------------------------------------------------------------------------------
 # Inference
 # --------------------------------------------------------------------------------------------
@@ -996,29 +1023,3 @@ def plot_dice_vs_coverage(dice: Sequence[float], coverage: Sequence[float]):
     fig.tight_layout()
     return fig
 
-
-def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple[int, float]:
-    """(activation bytes, forward GFLOPs) of one size x size image, from the leaf modules' outputs.
-
-    The activations are what backward keeps (in-place ReLUs share storage and are not counted);
-    FLOPs count the multiply-adds of convolutions as 2 operations. Runs on the meta device
-    (shapes only: no memory, instant), so it works for any size on a CPU.
-    """
-    total, flops = 0, 0
-
-    def hook(mod: nn.Module, _inp, out: torch.Tensor) -> None:
-        nonlocal total, flops
-        if not (isinstance(mod, nn.ReLU) and mod.inplace):
-            total += out.numel() * bytes_per_value
-        if isinstance(mod, nn.Conv2d):
-            flops += 2 * out.numel() * mod.in_channels // mod.groups * math.prod(mod.kernel_size)
-        elif isinstance(mod, nn.ConvTranspose2d):
-            flops += 2 * _inp[0].numel() * mod.out_channels * math.prod(mod.kernel_size)
-
-    meta = copy.deepcopy(model).to("meta")
-    handles = [m.register_forward_hook(hook) for m in meta.modules() if not list(m.children())]
-    with torch.no_grad():
-        meta(torch.empty(1, 3, size, size, device="meta"))
-    for h in handles:
-        h.remove()
-    return total, flops / 1e9
