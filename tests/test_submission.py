@@ -35,6 +35,16 @@ def test_validator_accepts_a_good_csv(tmp_path, test_dir):
     assert U.validate_submission(write_csv(tmp_path / "s.csv", GOOD), test_dir) == 3
 
 
+def test_validator_reads_the_long_rle_of_a_noisy_mask(tmp_path, test_dir):
+    """An untrained or diverged model predicts salt-and-pepper: one row can pass a million characters."""
+    noisy = np.random.default_rng(1).random((800, 800)) > 0.5
+    rle = U.rle_encode(noisy)
+    assert len(rle) > 131072  # longer than the csv module's default field limit
+    path = U.write_submission([("1.png", rle), ("12.png", ""), ("3.png", "")], tmp_path / "s.csv")
+    assert U.validate_submission(path, test_dir) == 3
+    assert np.array_equal(U.rle_decode(rle, (800, 800)), noisy)
+
+
 @pytest.mark.parametrize("rows, header, reason", [
     (GOOD, ("id", "rle"), "header"),
     (GOOD[:2], None, "no row"),
