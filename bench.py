@@ -1,11 +1,14 @@
 """Speed and memory benchmark: input pipeline, training step, inference + RLE + CSV.
 
-    python bench.py --data DIR [--size 384] [--base 32] [--batch 16] [--parts loader,train,infer]
+    python bench.py --data DIR [--size 384] [--base 32] [--batch 16] [--amp fp16] [--parts loader,train,memory,infer]
 
 DIR is a competition-layout folder (the Kaggle download, or one made by
 ../shared/tools/make_dataset.py). Figures are printed as a table and written to --out.
-On CUDA it also measures the default GPU config (AMP, channels_last, cached data) against a
-baseline (fp32, contiguous tensors, PNGs decoded every epoch) with the peak GPU memory.
+The notebook's pipeline (uint8 cache in RAM, augmentation and normalisation on the device) is
+compared with the original student's (PNG decoded, resized, augmented and normalised per item
+in 2 DataLoader workers). On CUDA it also measures the default GPU config (AMP, channels_last)
+against a fp32 / contiguous / decode-per-item baseline, with peak GPU memory, and the peak
+memory of larger sizes and batches.
 """
 from __future__ import annotations
 
@@ -33,9 +36,9 @@ class DecodeEveryEpoch(Dataset):
     def __len__(self):
         return len(self.pairs)
 
-    def normalize(self, x):
-        """Items are normalised in the worker already, as the student notebook did."""
-        return x
+    def to_input(self, x, y):
+        """Items are augmented and normalised in the worker already, as the student notebook did."""
+        return x, y
 
     def __getitem__(self, k):
         img_p, mask_p = self.pairs[k]
@@ -46,23 +49,31 @@ class DecodeEveryEpoch(Dataset):
         return x, mask.as_subclass(torch.Tensor).float()
 
 
-def loader_rate(ds, batch, workers, epochs=2) -> float:
-    """Images per second through a DataLoader (augmentation included), after one warm-up batch."""
-    dl = DataLoader(ds, batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0, drop_last=True)
+def loader(ds, batch, workers, device) -> DataLoader:
+    """The DataLoader a training run would use for this dataset."""
+    return DataLoader(ds, batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0, drop_last=True,
+                      pin_memory=device.type == "cuda")
+
+
+def pipeline_rate(ds, batch, workers, device, epochs=2) -> float:
+    """Images/s from the dataset to model input on the device (augmentation included), after a warm-up batch."""
+    dl = loader(ds, batch, workers, device)
     next(iter(dl))
     n, t0 = 0, time.perf_counter()
     for _ in range(epochs):
-        for x, _ in dl:
+        for x, y in dl:
+            x, _ = ds.to_input(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             n += len(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
 
 
-def train_rate(model, loader, device, amp, channels_last, steps) -> tuple[float, float | None]:
+def train_rate(model, loader, device, dtype, channels_last, steps) -> tuple[float, float | None]:
     """Training images/s over `steps` optimizer steps, and the peak CUDA memory in GiB."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt).train()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    dtype = U.amp_dtype(device) if amp else None
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = U.DiceBCELoss()
     if device.type == "cuda":
@@ -74,8 +85,8 @@ def train_rate(model, loader, device, amp, channels_last, steps) -> tuple[float,
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 n, t0 = 0, time.perf_counter()
-            x = loader.dataset.normalize(x.to(device, non_blocking=True)).contiguous(memory_format=fmt)
-            y = y.to(device, non_blocking=True).float()
+            x, y = loader.dataset.to_input(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            x = x.contiguous(memory_format=fmt)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
@@ -89,6 +100,26 @@ def train_rate(model, loader, device, amp, channels_last, steps) -> tuple[float,
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return n / (time.perf_counter() - t0), peak
+
+
+def step_peak(model, size, batch, device, dtype) -> float:
+    """Peak GiB of two real training steps (random data) at this size and batch; nan when out of memory."""
+    model.to(device, memory_format=torch.channels_last).train()
+    opt, loss_fn = torch.optim.AdamW(model.parameters(), 1e-3), U.DiceBCELoss()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        y = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
+        for _ in range(2):
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return torch.cuda.max_memory_allocated() / 2**30
+    except torch.OutOfMemoryError:
+        return float("nan")
 
 
 def inference_time(model, test_dir, size, mean, std, device, n_images=534) -> float:
@@ -111,9 +142,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--base", type=int, default=32)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                    help="processes decoding PNGs (cache build; the baseline's DataLoader workers)")
+    ap.add_argument("--aug-strength", type=float, default=0.5, help="as the notebook's AUG_STRENGTH")
+    ap.add_argument("--amp", choices=("auto", "fp16", "bf16"), default="auto",
+                    help="autocast dtype of the default config (auto: bf16 on Ampere+, fp16 on a T4)")
     ap.add_argument("--steps", type=int, default=10, help="training steps timed per config")
-    ap.add_argument("--parts", default="loader,train,infer", help="comma-separated subset of loader,train,infer")
+    ap.add_argument("--parts", default="loader,train,memory,infer",
+                    help="comma-separated subset of loader,train,memory,infer (memory: CUDA only)")
     ap.add_argument("--out", type=Path, default=Path("outputs/bench.json"))
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,28 +166,35 @@ def main() -> None:
     r["cache build s"] = time.perf_counter() - t0
     mean, std = U.channel_stats(cached.images)
     cached.set_stats(mean, std)
-    aug = U.train_transform(a.size)
-    train_cached = U.Subset(cached, range(len(cached)), aug)
-    uncached = DecodeEveryEpoch(pairs, a.size, mean, std, aug)
+    aug = U.train_transform(a.aug_strength)
+    train_cached = U.Subset(cached, range(len(cached)), aug)  # augmented on the device, as in the notebook
+    uncached = DecodeEveryEpoch(pairs, a.size, mean, std, aug)  # augmented in the workers
     parts = set(a.parts.split(","))
     if "loader" in parts:
-        r["loader img/s cached"] = loader_rate(train_cached, a.batch, a.workers)
-        r["loader img/s decode every epoch"] = loader_rate(uncached, a.batch, a.workers, epochs=1)
-        r["loader speed-up"] = r["loader img/s cached"] / r["loader img/s decode every epoch"]
+        r[f"pipeline img/s cached (aug on {device.type})"] = pipeline_rate(train_cached, a.batch, 0, device)
+        r["pipeline img/s decode every epoch"] = pipeline_rate(uncached, a.batch, a.workers, device, epochs=1)
+        r["pipeline speed-up"] = r[f"pipeline img/s cached (aug on {device.type})"] / r[
+            "pipeline img/s decode every epoch"]
 
-    def loader(ds):
-        return DataLoader(ds, a.batch, shuffle=True, num_workers=a.workers, drop_last=True,
-                          pin_memory=device.type == "cuda", persistent_workers=a.workers > 0)
-
+    dtype = {"auto": U.amp_dtype(device), "fp16": torch.float16, "bf16": torch.bfloat16}[a.amp]
     torch.manual_seed(0)
     if "train" in parts:
+        r["AMP dtype"] = str(dtype)
         r["train img/s default"], r["peak GiB default"] = train_rate(
-            ns["UNet"](base=a.base), loader(train_cached), device, amp=True, channels_last=device.type == "cuda",
-            steps=a.steps)
+            ns["UNet"](base=a.base), loader(train_cached, a.batch, 0, device), device, dtype,
+            channels_last=device.type == "cuda", steps=a.steps)
     if "train" in parts and device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False  # a T4 has no TF32: fp32 means fp32
         r["train img/s baseline (fp32, NCHW, decode)"], r["peak GiB baseline"] = train_rate(
-            ns["UNet"](base=a.base), loader(uncached), device, amp=False, channels_last=False, steps=a.steps)
+            ns["UNet"](base=a.base), loader(uncached, a.batch, a.workers, device), device, None,
+            channels_last=False, steps=a.steps)
+        torch.backends.cudnn.allow_tf32 = True
         r["train speed-up"] = r["train img/s default"] / r["train img/s baseline (fp32, NCHW, decode)"]
+    if "memory" in parts and device.type == "cuda":
+        for size in (384, 512):
+            for batch in (16, 32):
+                r[f"peak GiB {size}px batch {batch} ({dtype})"] = step_peak(ns["UNet"](base=a.base), size, batch,
+                                                                        device, dtype)
     if "infer" in parts:
         model = ns["UNet"](base=a.base).to(device).eval()
         r["inference+RLE+CSV s (534 imgs, 800x800)"] = inference_time(model, a.data / "test" / "images", a.size,

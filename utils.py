@@ -321,17 +321,16 @@ def _load_item(args: tuple[Path, Path | None, int]) -> tuple[np.ndarray, np.ndar
 class CachedSegDataset(Dataset):
     """Images (and masks) decoded and resized once, kept in RAM as uint8 tensors.
 
-    `items` are (image_path, mask_path_or_None). Each __getitem__ applies `transform` (a
-    torchvision v2 transform that receives tv_tensors.Image and tv_tensors.Mask) and returns
-    (uint8 image 3xSxS, uint8 {0,1} mask 1xSxS); test items return an all-zero mask. Batches
-    stay uint8 through the DataLoader (4x less copying between processes and to the GPU) and
-    are normalised on the device by `normalize`.
+    `items` are (image_path, mask_path_or_None). __getitem__ returns the cached (uint8 image
+    3xSxS, uint8 {0,1} mask 1xSxS); test items have an all-zero mask. Batches stay uint8 until
+    they reach the device (4x less copying), where `to_input` normalises them; augmentation
+    also happens there (see Subset).
     """
 
     def __init__(self, items: Sequence[tuple[Path, Path | None]], size: int,
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
-                 transform: Callable | None = None, workers: int = 2, progress: bool = True):
-        self.items, self.size, self.transform = list(items), size, transform
+                 workers: int = 2, progress: bool = True):
+        self.items, self.size = list(items), size
         self.set_stats(mean, std)
         n = len(self.items)
         self.images = torch.empty((n, 3, size, size), dtype=torch.uint8)
@@ -350,10 +349,10 @@ class CachedSegDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.sample(k, self.transform)
+        return self.images[k], self.masks[k]
 
     def sample(self, k: int, transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item k after `transform`: (3xSxS uint8 image, 1xSxS uint8 {0,1} mask)."""
+        """Item k after `transform` (for pictures): (3xSxS uint8 image, 1xSxS uint8 {0,1} mask)."""
         img, mask = tv_tensors.Image(self.images[k]), tv_tensors.Mask(self.masks[k])
         if transform is not None:
             img, mask = transform(img, mask)
@@ -367,6 +366,10 @@ class CachedSegDataset(Dataset):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 image(s) (..., 3, H, W) on any device -> float, scaled to 0-1, minus mean, over std."""
         return (x.float() / 255 - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def to_input(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch on the device -> (normalised float images, float {0,1} masks)."""
+        return self.normalize(x), y.float()
 
 
 def _parallel_map(fn: Callable, jobs: list, workers: int) -> Iterable:
@@ -385,8 +388,8 @@ def _parallel_map(fn: Callable, jobs: list, workers: int) -> Iterable:
     return gen()
 
 
-def train_transform(size: int, strength: float = 1.0) -> v2.Compose:
-    """Joint augmentation for image + mask: flip, scale/rotate/shift, brightness/contrast/saturation, grayscale."""
+def train_transform(strength: float = 1.0) -> v2.Compose:
+    """Joint augmentation of one image + mask: flip, scale/rotate/shift, brightness/contrast/saturation, grayscale."""
     return v2.Compose([
         v2.RandomHorizontalFlip(p=0.5),
         v2.RandomApply([v2.RandomAffine(degrees=15 * strength, translate=(0.1 * strength, 0.1 * strength),
@@ -396,6 +399,13 @@ def train_transform(size: int, strength: float = 1.0) -> v2.Compose:
         v2.RandomApply([v2.ColorJitter(0.3 * strength, 0.3 * strength, 0.3 * strength)], p=0.8),
         v2.RandomGrayscale(p=0.1),
     ])
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, transform: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the joint v2 `transform` to each (image, mask) of a batch, one random draw each, on their device."""
+    pairs = [transform(tv_tensors.Image(img), tv_tensors.Mask(mask)) for img, mask in zip(x, y)]
+    return (torch.stack([img.as_subclass(torch.Tensor) for img, _ in pairs]),
+            torch.stack([mask.as_subclass(torch.Tensor) for _, mask in pairs]))
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 128) -> tuple[list[float], list[float]]:
@@ -437,7 +447,11 @@ def stratified_split(strata: Sequence[int], val_frac: float, seed: int) -> tuple
 
 
 class Subset(Dataset):
-    """A view of some indices of a CachedSegDataset with its own transform (train vs val)."""
+    """A view of some indices of a CachedSegDataset, with the augmentation `transform` (train only).
+
+    Items leave the DataLoader exactly as cached (uint8, no per-item work on the CPU cores);
+    `to_input` runs on the device: per-sample joint augmentation, then normalisation.
+    """
 
     def __init__(self, base: CachedSegDataset, indices: Sequence[int], transform: Callable | None = None):
         self.base, self.indices, self.transform = base, list(indices), transform
@@ -448,7 +462,7 @@ class Subset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.sample(k, self.transform)
+        return self.base[self.indices[k]]
 
     def sample(self, k: int, transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Item k of the subset after `transform`, as CachedSegDataset.sample."""
@@ -457,6 +471,12 @@ class Subset(Dataset):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The base dataset's normalisation."""
         return self.base.normalize(x)
+
+    def to_input(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch on the device -> (normalised float images, float masks), augmented if `transform`."""
+        if self.transform is not None:
+            x, y = augment(x, y, self.transform)
+        return self.normalize(x), y.float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -643,9 +663,9 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: t
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, loader: DataLoader,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a uint8 batch to the device, normalise it there (the loader's dataset knows how), floats out."""
-    x = loader.dataset.normalize(x.to(device, non_blocking=True))
-    return x.contiguous(memory_format=_memory_format(device)), y.to(device, non_blocking=True).float()
+    """Move a uint8 batch to the device and make it model input there (the loader's dataset knows how)."""
+    x, y = loader.dataset.to_input(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+    return x.contiguous(memory_format=_memory_format(device)), y
 
 
 def _memory_format(device: torch.device) -> torch.memory_format:

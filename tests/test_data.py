@@ -132,7 +132,7 @@ def test_augmentation_keeps_image_and_mask_aligned():
     mask[0, 10:50, 8:24] = 1
     ds = U.CachedSegDataset([], 64, progress=False)
     ds.images, ds.masks = (mask * 255).repeat(3, 1, 1)[None], mask[None]
-    tf, moved = U.train_transform(64), 0
+    tf, moved = U.train_transform(), 0
     torch.manual_seed(0)
     for _ in range(40):
         x, y = ds.sample(0, tf)
@@ -144,6 +144,27 @@ def test_augmentation_keeps_image_and_mask_aligned():
     assert moved > 20, "the transform should move the mask in most draws"
     flipped_image_only = torch.flip(mask[0], dims=[1]).bool()  # the bug this test guards against
     assert (flipped_image_only & mask[0].bool()).sum() == 0
+
+
+def test_batch_augmentation_draws_per_sample_and_only_for_the_training_subset():
+    """Augmentation runs on the device on whole batches: each pair still gets its own draw."""
+    mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    mask[0, 10:50, 8:24] = 1
+    ds = U.CachedSegDataset([], 64, progress=False)
+    ds.images, ds.masks = (mask * 255).repeat(8, 3, 1, 1), mask.repeat(8, 1, 1, 1)
+    ds.items, ds.orig_sizes = [("i.png", "m.png")] * 8, [(64, 64)] * 8
+    train, val = U.Subset(ds, range(8), U.train_transform()), U.Subset(ds, range(8))
+    assert torch.equal(train[3][0], ds.images[3]), "the DataLoader side does no work"
+    torch.manual_seed(0)
+    x, y = train.to_input(ds.images, ds.masks)  # eight copies of one pair in, eight different draws out
+    assert x.dtype == y.dtype == torch.float32 and x.shape == (8, 3, 64, 64) and y.shape == (8, 1, 64, 64)
+    assert len({tuple(m.nonzero().float().mean(0).round().tolist()) for m in y[:, 0]}) >= 6
+    assert set(y.unique().tolist()) <= {0.0, 1.0}
+    fg = x.mean(1) > x.mean((1, 2, 3))[:, None, None]  # the image is its own mask: still aligned
+    iou = (fg & (y[:, 0] > 0)).sum((1, 2)) / (fg | (y[:, 0] > 0)).sum((1, 2)).clamp(min=1)
+    assert (iou > 0.8).all(), f"image and mask disagree after batch augmentation: {iou}"
+    xv, yv = val.to_input(ds.images, ds.masks)
+    assert torch.equal(xv, ds.normalize(ds.images)) and torch.equal(yv, ds.masks.float())
 
 
 def test_stratified_split_is_seeded_disjoint_and_balanced():

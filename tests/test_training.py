@@ -206,6 +206,21 @@ def test_batch_finder_on_gpu(UNet):
     assert all(torch.equal(before[k], v.cpu()) for k, v in model.state_dict().items())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_training_with_grad_scaler_on_gpu(UNet, demo_ds, tmp_path, monkeypatch):
+    """The T4 path (fp16 autocast + GradScaler, channels_last, augmentation on the GPU) on any CUDA card."""
+    monkeypatch.setattr(U, "amp_dtype", lambda device: torch.float16)
+    U.seed_everything(0)
+    tr = DataLoader(U.Subset(demo_ds, range(0, 20), U.train_transform(0.5)), 4, shuffle=True, pin_memory=True)
+    va = DataLoader(U.Subset(demo_ds, range(20, 24)), 4)
+    h = U.train(UNet(base=8), tr, va, U.TrainConfig(epochs=8, lr=1e-2, amp=True, model={"base": 8}), tmp_path,
+                torch.device("cuda"))
+    assert h["train_loss"][-1] < 0.8 * h["train_loss"][0]
+    last = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
+    assert last["scaler"]["scale"] > 0, "the GradScaler state is saved for resume"
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
 def test_wandb_is_off_without_a_key(monkeypatch, capsys):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert U.init_wandb("p", {}) is None
