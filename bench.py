@@ -104,20 +104,8 @@ def train_rate(model, loader, device, dtype, channels_last, steps) -> tuple[floa
 
 def step_peak(model, size, batch, device, dtype) -> float:
     """Peak GiB of two real training steps (random data) at this size and batch; nan when out of memory."""
-    model.to(device, memory_format=torch.channels_last).train()
-    opt, loss_fn = torch.optim.AdamW(model.parameters(), 1e-3), U.DiceBCELoss()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
     try:
-        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-        y = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
-        for _ in range(2):
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return torch.cuda.max_memory_allocated() / 2**30
+        return U.peak_step_memory(model, size, batch, device, dtype) / 2**30
     except torch.OutOfMemoryError:
         return float("nan")
 

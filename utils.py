@@ -759,6 +759,27 @@ def init_wandb(project: str, config: dict):
     return wandb.init(project=project, config=config)
 
 
+def peak_step_memory(model: nn.Module, img_size: int, batch: int, device: torch.device,
+                     dtype: torch.dtype | None) -> int:
+    """Peak CUDA bytes of two real training steps (random data, AdamW, channels_last) at this size and batch."""
+    model.to(device, memory_format=torch.channels_last).train()
+    opt, loss_fn = torch.optim.AdamW(model.parameters(), lr=1e-9), DiceBCELoss()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        x = torch.randn(batch, 3, img_size, img_size, device=device).to(memory_format=torch.channels_last)
+        y = (torch.rand(batch, 1, img_size, img_size, device=device) > 0.5).float()
+        for _ in range(2):
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return torch.cuda.max_memory_allocated(device)
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
 def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: bool = True,
                     max_batch: int = 64, memory_fraction: float = 0.8) -> int:
     """Largest power-of-two batch whose real training step fits in memory_fraction of the GPU.
@@ -769,26 +790,12 @@ def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: 
     if device.type != "cuda":
         raise ValueError("find_batch_size probes GPU memory; on CPU pick a batch size by hand")
     saved = copy.deepcopy(model.state_dict())  # the probe's steps must not change the model
-    model.to(device, memory_format=torch.channels_last).train()
     total = torch.cuda.get_device_properties(device).total_memory
-    loss_fn, dtype = DiceBCELoss(), amp_dtype(device) if amp else None
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-9)
+    dtype = amp_dtype(device) if amp else None
     batch = max_batch
     while batch >= 1:
-        x = y = loss = None  # drop the failed attempt's tensors before allocating smaller ones
         try:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            x = torch.randn(batch, 3, img_size, img_size, device=device).to(memory_format=torch.channels_last)
-            y = (torch.rand(batch, 1, img_size, img_size, device=device) > 0.5).float()
-            for _ in range(2):
-                with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                    loss = loss_fn(model(x), y)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            peak = torch.cuda.max_memory_allocated(device)
-            del x, y, loss
+            peak = peak_step_memory(model, img_size, batch, device, dtype)
             if peak <= memory_fraction * total:
                 print(f"batch {batch}: peak {peak / 2**30:.2f} GiB of {total / 2**30:.1f} GiB -> using it")
                 model.load_state_dict(saved)
@@ -796,7 +803,6 @@ def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: 
             print(f"batch {batch}: peak {peak / 2**30:.2f} GiB > {memory_fraction:.0%} of the GPU, halving")
         except torch.OutOfMemoryError:
             print(f"batch {batch}: out of memory, halving")
-        opt.zero_grad(set_to_none=True)
         batch //= 2
     raise RuntimeError(f"even batch 1 does not fit at {img_size}px; lower IMG_SIZE or BASE_CHANNELS")
 

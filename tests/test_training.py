@@ -1,5 +1,6 @@
 """The training loop: learning, checkpoints, resume, NaN stop, OOM back-off, config checks."""
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -195,6 +196,24 @@ def test_amp_dtype_and_batch_finder_on_cpu():
     assert U.amp_dtype(CPU) is None
     with pytest.raises(ValueError, match="GPU"):
         U.find_batch_size(torch.nn.Conv2d(3, 1, 1), 64, CPU)
+
+
+def test_batch_finder_halves_on_oom_and_on_a_peak_above_the_fraction(UNet, monkeypatch, capsys):
+    """The probe's halving logic, with the GPU simulated: 0.1 GiB per image on a 1 GiB card."""
+    probed = []
+
+    def fake_peak(model, size, batch, device, dtype):
+        probed.append(batch)
+        if batch > 16:
+            raise torch.OutOfMemoryError("simulated")
+        return int(batch * 0.1 * 2**30)
+
+    monkeypatch.setattr(U, "peak_step_memory", fake_peak)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=2**30))
+    assert U.find_batch_size(UNet(base=8), 64, torch.device("cuda"), amp=False, max_batch=64) == 8
+    assert probed == [64, 32, 16, 8]  # OOM, OOM, 1.6 GiB > 80% of 1 GiB, 0.8 GiB fits
+    out = capsys.readouterr().out
+    assert out.count("out of memory, halving") == 2 and "> 80% of the GPU, halving" in out
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
