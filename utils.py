@@ -476,7 +476,7 @@ class Subset(Dataset):
         """uint8 batch on the device -> (normalised float images, float masks), augmented if `transform`."""
         if self.transform is not None:
             x, y = augment(x, y, self.transform)
-        return self.normalize(x), y.float()
+        return self.base.to_input(x, y)
 
 
 # --------------------------------------------------------------------------------------------
