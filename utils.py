@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import math
 import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
@@ -30,7 +32,8 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 COMPETITION = "tdl-obligatorio-2025"
-KAGGLE_INPUT = Path("/kaggle/input") / COMPETITION
+COMPETITION_URL = f"https://www.kaggle.com/competitions/{COMPETITION}"
+KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts attached data, at some depth
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 JUNK_NAMES = {"thumbs.db", "desktop.ini"}
 
@@ -130,70 +133,223 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Data: locating the competition folder, Kaggle download, demo dataset
+# Host: missing packages, locating the competition folder, Kaggle download, demo dataset
 # --------------------------------------------------------------------------------------------
 
 
+def ensure_installed(module: str, requirement: str | None = None) -> None:
+    """pip-install `requirement` (default: `module`) without dependencies when `module` is missing; never torch."""
+    if importlib.util.find_spec(module) is not None:
+        return
+    if module.split(".")[0] in ("torch", "torchvision"):
+        raise ImportError(f"{module} is missing: install the PyTorch build for your machine (pytorch.org); "
+                          f"Colab and Kaggle ship one, which this notebook never replaces")
+    # --no-deps: only dependency-free packages (torchinfo), so pip can never reinstall or upgrade torch
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", requirement or module]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{module} is missing and `{' '.join(cmd[2:])}` failed:\n{done.stderr.strip()[-1500:]}\n"
+                           f"Install it by hand (pip install {requirement or module}) and run again.")
+    importlib.invalidate_caches()
+    print(f"installed {requirement or module} (this host does not ship it)")
+
+
+DATA_SUBDIRS = ("train/images", "train/masks", "test/images")
+
+
+def detect_host() -> str:
+    """Where this kernel runs: 'colab' (google.colab importable), 'kaggle' (its env var or /kaggle/input), 'local'."""
+    try:
+        if importlib.util.find_spec("google.colab") is not None:
+            return "colab"
+    except (ImportError, ValueError):  # no `google` package at all
+        pass
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or KAGGLE_INPUT.is_dir():
+        return "kaggle"
+    return "local"
+
+
+def is_data_root(path: Path) -> bool:
+    """True when `path` holds train/images, train/masks and test/images (the competition layout)."""
+    return all((path / sub).is_dir() for sub in DATA_SUBDIRS)
+
+
+def find_data_roots(path: str | Path, depth: int = 2, exclude: Path | None = None) -> list[Path]:
+    """Folders at or below `path` (up to `depth` levels, breadth-first, skipping `exclude`) in the data layout."""
+    found, level = [], [Path(path)]
+    for d in range(depth + 1):
+        below = []
+        for folder in level:
+            if folder == exclude or not folder.is_dir():
+                continue
+            if is_data_root(folder):
+                found.append(folder)  # not searched further: its own subfolders are the data
+            elif d < depth:
+                with os.scandir(folder) as entries:
+                    below += sorted(Path(e.path) for e in entries if e.is_dir() and not e.name.startswith("."))
+        level = below
+    return found
+
+
 def find_data_root(path: str | Path, depth: int = 2, exclude: Path | None = None) -> Path | None:
-    """The folder at or below `path` (up to `depth` levels, skipping `exclude`) holding train/images."""
-    path = Path(path)
-    if path == exclude or not path.is_dir():
+    """The first folder at or below `path` in the competition layout (see find_data_roots), or None."""
+    roots = find_data_roots(path, depth, exclude)
+    return roots[0] if roots else None
+
+
+def find_kaggle_data(root: str | Path | None = None, depth: int = 4) -> Path | None:
+    """The competition folder wherever Kaggle mounted it below `root` (/kaggle/input); prefers the competition name."""
+    root = Path(root or KAGGLE_INPUT)
+    roots = find_data_roots(root, depth)
+    if not roots:
         return None
-    if (path / "train" / "images").is_dir():
-        return path
-    if depth == 0:
-        return None
-    for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found = find_data_root(sub, depth - 1, exclude)
-        if found:
-            return found
+    roots.sort(key=lambda p: (COMPETITION not in p.parts, len(p.parts), str(p)))
+    if len(roots) > 1:
+        print(f"{len(roots)} data folders below {root}: {', '.join(map(str, roots))}; using the first "
+              f"(set DATA_DIR to pick another)")
+    print(f"Kaggle input: using {roots[0]}")
+    return roots[0]
+
+
+def _kaggle_config_dir() -> Path:
+    """Where the Kaggle CLI reads kaggle.json: $KAGGLE_CONFIG_DIR, ~/.kaggle, or ~/.config/kaggle without ~/.kaggle."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    home = Path.home() / ".kaggle"
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+    return xdg if not home.exists() and (xdg / "kaggle.json").is_file() else home
+
+
+def _install_secret_file(source: Path, target: Path) -> None:
+    """Copy a credential file to `target` with mode 600 (folder 700); an existing different file is kept, said aloud."""
+    if target.is_file():
+        if target.read_bytes() != source.read_bytes():
+            print(f"{source} not installed: {target} exists and differs; the Kaggle CLI uses {target} "
+                  f"(delete it to use the uploaded one)")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.chmod(0o700)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "wb") as f:
+        f.write(source.read_bytes())
+    print(f"installed {source} as {target} (mode 600)")
+
+
+def _colab_secrets(names: Sequence[str]) -> dict[str, str]:
+    """Values of these Colab secrets that exist and are shared with this notebook ({} outside Colab)."""
+    try:
+        from google.colab import userdata  # type: ignore[import-not-found]
+    except ImportError:
+        return {}
+    values = {}
+    for name in names:
+        try:
+            value = userdata.get(name)
+        except Exception:  # SecretNotFoundError, NotebookAccessError (access not granted), timeouts
+            continue
+        if value:
+            values[name] = value.strip()
+    return values
+
+
+def kaggle_credentials(uploads: str | Path = ".") -> str | None:
+    """Make every supported Kaggle credential visible to the CLI; return which one it will use (never the secret).
+
+    The Kaggle CLI 2.x (Colab ships 2.0.2) tries an API token first (KAGGLE_API_TOKEN, then
+    ~/.kaggle/access_token), then the legacy key (KAGGLE_USERNAME + KAGGLE_KEY, then kaggle.json).
+    Here, files `access_token` or `kaggle.json` uploaded to `uploads` (next to the notebook) are
+    copied to ~/.kaggle with mode 600, and Colab secrets of those names are put in this process's
+    environment, which the CLI inherits. Returns None when there is no credential.
+    """
+    uploads = Path(uploads)
+    for name, target in (("access_token", Path.home() / ".kaggle" / "access_token"),
+                         ("kaggle.json", _kaggle_config_dir() / "kaggle.json")):
+        if (uploads / name).is_file() and (uploads / name).resolve() != target.resolve():
+            _install_secret_file(uploads / name, target)
+    wanted = [n for n in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY") if not os.environ.get(n)]
+    secrets = _colab_secrets(wanted) if wanted and detect_host() == "colab" else {}
+    if "KAGGLE_API_TOKEN" in secrets:
+        os.environ["KAGGLE_API_TOKEN"] = secrets["KAGGLE_API_TOKEN"]
+    if "KAGGLE_USERNAME" in secrets and "KAGGLE_KEY" in secrets:
+        os.environ.update(KAGGLE_USERNAME=secrets["KAGGLE_USERNAME"], KAGGLE_KEY=secrets["KAGGLE_KEY"])
+    from_secret = " (Colab secret)" if secrets else ""
+    token_files = [Path.home() / ".kaggle" / n for n in ("access_token", "access_token.txt")]
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN" + from_secret
+    for f in token_files:
+        if f.is_file() and f.read_text().strip():
+            return str(f)
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY" + from_secret
+    if (_kaggle_config_dir() / "kaggle.json").is_file():
+        return str(_kaggle_config_dir() / "kaggle.json")
     return None
 
 
-def kaggle_credentials_available() -> bool:
-    """True when the Kaggle CLI can authenticate: KAGGLE_USERNAME/KAGGLE_KEY, or a kaggle.json where it looks."""
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return True
-    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
-    return (folder / "kaggle.json").is_file()
-
-
-def install_kaggle_json(source: str | Path) -> Path:
-    """Copy a kaggle.json to ~/.kaggle/kaggle.json with mode 600 (never into the repository)."""
-    target = Path.home() / ".kaggle" / "kaggle.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    target.chmod(0o600)
-    return target
+def kaggle_cli() -> str:
+    """The `kaggle` executable: on PATH, else beside this Python (a virtualenv whose bin is not on PATH)."""
+    exe = shutil.which("kaggle") or shutil.which("kaggle", path=str(Path(sys.executable).parent))
+    if exe is None:
+        raise FileNotFoundError("the Kaggle CLI (`kaggle`) is not installed: run `pip install kaggle`, then run again")
+    return exe
 
 
 def download_competition(dest: str | Path) -> Path:
     """Download and unzip the competition data with the Kaggle CLI; return the data root."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(dest)]
-    try:
-        subprocess.run(cmd, check=True)
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed ({e}). Install the CLI (pip install kaggle), accept "
-                           f"the competition rules on kaggle.com, or put the data in {dest} by hand.") from e
+    cmd = [kaggle_cli(), "competitions", "download", "-c", COMPETITION, "-p", str(dest)]
+    print(f"downloading the competition data into {dest} (about 2 GB) ...")
+    done = subprocess.run(cmd, capture_output=True, text=True)  # captured: a kernel would not show it
+    if done.returncode:
+        said = (done.stdout + done.stderr).strip()[-1500:]
+        raise RuntimeError(f"`kaggle competitions download -c {COMPETITION}` failed (exit {done.returncode}):\n"
+                           f"{said}\nAccept the rules at {COMPETITION_URL}/rules with the account of your "
+                           f"token, check the token, or put the unzipped data in {dest} by hand.")
     for z in dest.glob("*.zip"):
         with zipfile.ZipFile(z) as f:
             f.extractall(dest)
         z.unlink()
     root = find_data_root(dest)
     if root is None:
-        raise FileNotFoundError(f"{dest}: downloaded, but no train/images folder inside; look at its contents")
+        raise FileNotFoundError(f"{dest}: downloaded, but no train/images, train/masks and test/images inside; "
+                                f"look at its contents")
     return root
 
 
-def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data") -> tuple[Path, bool]:
-    """Find the data: explicit path, else Kaggle input, data/, a Kaggle download, else the demo set.
+def missing_data_message(host: str) -> str:
+    """What to do when no competition data is found on Colab or Kaggle (where a silent demo run would mislead)."""
+    common = ('Or set DATA_DIR to the unzipped download (the folder with train/ and test/), or DATA_DIR = "demo" '
+              "for a run on generated stick figures (its scores and CSV say nothing about the competition).")
+    if host == "kaggle":
+        return (f"No competition data below {KAGGLE_INPUT} (searched 4 levels for train/images, train/masks and "
+                f"test/images). In the notebook editor: right panel -> Input -> \"+ Add Input\" -> Competitions "
+                f"-> search \"{COMPETITION}\" -> Add (join the competition and accept its rules at "
+                f"{COMPETITION_URL}/rules first). Then Run all again. " + common)
+    return ("No competition data and no Kaggle credentials found. To download it here:\n"
+            "  1. kaggle.com -> your picture -> Settings -> API -> \"Generate New Token\"; copy the token.\n"
+            "  2. Colab: the key icon (Secrets) on the left -> \"Add new secret\" named KAGGLE_API_TOKEN with the "
+            "token as value, and switch on \"Notebook access\". Elsewhere: export KAGGLE_API_TOKEN, or save the token "
+            "as ~/.kaggle/access_token. Or upload a file named access_token (the token) or a legacy kaggle.json "
+            "next to this notebook.\n"
+            f"  3. Join the competition and accept its rules: {COMPETITION_URL}/rules\n"
+            "  4. Run all again.\n" + common)
+
+
+def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data",
+                     host: str = "local") -> tuple[Path, bool]:
+    """Find the data: explicit path or "demo", else Kaggle input, data/, a Kaggle download, else (locally) the demo set.
 
     Returns (root, is_demo). An explicit path that does not exist is an error, never silently
     replaced by other data; an existing but empty folder is auto-detected, with downloads and the
-    demo data going into it, and says so.
+    demo data going into it, and says so. On Colab and Kaggle (`host`), finding nothing is an error
+    that says how to get the data: the demo set is used there only when DATA_DIR == "demo".
     """
+    if str(data_dir) == "demo":
+        demo = Path(local) / "demo"
+        if find_data_root(demo) is None:
+            make_demo_dataset(demo)
+        return demo, True
     if data_dir:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
@@ -205,17 +361,20 @@ def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data") ->
             return root, False
         if any(p for p in data_dir.iterdir() if not p.name.startswith(".")):
             raise FileNotFoundError(
-                f"DATA_DIR={data_dir!s}: no train/images folder at or below it, but it is not empty. Point "
-                f"DATA_DIR at the folder holding train/images and test/images.")
+                f"DATA_DIR={data_dir!s}: no folder with train/images, train/masks and test/images at or below "
+                f"it, but it is not empty. Point DATA_DIR at the folder holding train/ and test/.")
         print(f"DATA_DIR={data_dir!s} is empty: auto-detecting, downloads and demo data go there")
         local = data_dir
     demo = Path(local) / "demo"
-    for candidate in (KAGGLE_INPUT, Path(local)):
-        root = find_data_root(candidate, exclude=demo)
-        if root is not None:
-            return root, False
-    if kaggle_credentials_available():
+    root = find_kaggle_data() or find_data_root(local, exclude=demo)
+    if root is not None:
+        return root, False
+    source = kaggle_credentials()
+    if source:
+        print(f"Kaggle credentials: {source}")
         return download_competition(Path(local) / COMPETITION), False
+    if host != "local":
+        raise FileNotFoundError(missing_data_message(host))
     if find_data_root(demo) is None:
         make_demo_dataset(demo)
     return demo, True

@@ -202,65 +202,47 @@ def test_explicit_data_dir_that_does_not_exist_is_an_error(tmp_path):
         U.resolve_data_dir(tmp_path / "nope")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "readme.txt").write_text("not the data")
-    with pytest.raises(FileNotFoundError, match="no train/images folder"):
+    with pytest.raises(FileNotFoundError, match="no folder with train/images, train/masks and test/images"):
         U.resolve_data_dir(tmp_path / "other")
 
 
-def test_explicit_empty_data_dir_is_auto_detected_into_it(tmp_path, monkeypatch, capsys):
+def _no_kaggle(tmp_path, monkeypatch):
+    """No Kaggle input folder and no Kaggle credentials anywhere."""
     monkeypatch.setattr(U, "KAGGLE_INPUT", tmp_path / "kaggle-input")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for var in ("KAGGLE_USERNAME", "KAGGLE_CONFIG_DIR"):
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR"):
         monkeypatch.delenv(var, raising=False)
+
+
+def test_explicit_empty_data_dir_is_auto_detected_into_it(tmp_path, monkeypatch, capsys):
+    _no_kaggle(tmp_path, monkeypatch)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".DS_Store").write_text("")
     assert U.resolve_data_dir(tmp_path / "empty") == (tmp_path / "empty" / "demo", True)
     assert "is empty: auto-detecting" in capsys.readouterr().out
 
 
+def _mount(folder: Path, data: Path) -> Path:
+    """`folder` laid out like the download, its train/ and test/ linking to `data`'s."""
+    folder.mkdir(parents=True)
+    for sub in ("train", "test"):
+        (folder / sub).symlink_to(data / sub)
+    return folder
+
+
 def test_auto_detection_order(tmp_path, monkeypatch, demo_root):
-    monkeypatch.setattr(U, "KAGGLE_INPUT", tmp_path / "kaggle-input")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
+    _no_kaggle(tmp_path, monkeypatch)
     local = tmp_path / "data"
     local.mkdir()
     root, is_demo = U.resolve_data_dir(None, local=local)  # nothing anywhere: demo, generated
     assert is_demo and root == local / "demo" and len(U.list_images(root / "train" / "images")) == 48
-    nested = local / "tdl-obligatorio-2025"  # an unzipped download in data/: found, demo ignored
-    (nested / "train").mkdir(parents=True)
-    (nested / "train" / "images").symlink_to(demo_root / "train" / "images")
+    (local / "partial" / "train" / "images").mkdir(parents=True)  # no masks, no test: not the data
+    assert U.resolve_data_dir(None, local=local) == (local / "demo", True)
+    nested = _mount(local / "tdl-obligatorio-2025", demo_root)  # an unzipped download in data/: demo ignored
     assert U.resolve_data_dir(None, local=local) == (nested, False)
-    (tmp_path / "kaggle-input" / "train").mkdir(parents=True)  # Kaggle input comes first
-    (tmp_path / "kaggle-input" / "train" / "images").mkdir()
-    assert U.resolve_data_dir(None, local=local) == (tmp_path / "kaggle-input", False)
+    kaggle = _mount(tmp_path / "kaggle-input" / "tdl-obligatorio-2025", demo_root)  # Kaggle input comes first
+    assert U.resolve_data_dir(None, local=local) == (kaggle, False)
     assert U.resolve_data_dir(demo_root) == (demo_root, False)  # explicit wins
-
-
-def test_kaggle_json_installed_with_mode_600(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
-    src = tmp_path / "kaggle.json"
-    src.write_text('{"username": "u", "key": "k"}')
-    target = U.install_kaggle_json(src)
-    assert target == tmp_path / "home" / ".kaggle" / "kaggle.json"
-    assert target.stat().st_mode & 0o777 == 0o600
-    assert U.kaggle_credentials_available()
-
-
-def test_kaggle_credentials_from_env_or_config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-    monkeypatch.delenv("KAGGLE_KEY", raising=False)
-    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
-    assert not U.kaggle_credentials_available()
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
-    (tmp_path / "cfg").mkdir()
-    (tmp_path / "cfg" / "kaggle.json").write_text("{}")
-    assert U.kaggle_credentials_available()
-    monkeypatch.delenv("KAGGLE_CONFIG_DIR")
-    monkeypatch.setenv("KAGGLE_USERNAME", "u")
-    monkeypatch.setenv("KAGGLE_KEY", "k")
-    assert U.kaggle_credentials_available()
 
 
 def test_channel_stats_in_chunks_match_the_direct_formula():

@@ -4,10 +4,12 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import NOTEBOOK, ROOT, U, notebook_cells
+from fakes import make_fake_colab
 
 PARAMS = ["DATA_DIR", "RUN_DIR", "SUBMISSION_PATH", "IMG_SIZE", "BATCH_SIZE", "EPOCHS", "BASE_CHANNELS", "SEED"]
 
@@ -25,7 +27,38 @@ def test_committed_without_outputs():
     nb = json.loads(NOTEBOOK.read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(not c["outputs"] and c["execution_count"] is None for c in code)
-    assert max(len("".join(c["source"]).splitlines()) for c in code) <= 40, "keep cells short"
+    story = [c for c in code if "helpers" not in c["metadata"].get("tags", [])]
+    assert max(len("".join(c["source"]).splitlines()) for c in story) <= 40, "keep cells short"
+
+
+def test_helpers_cell_is_utils_py_and_folded():
+    (cell,) = notebook_cells("helpers")
+    assert cell == "%%writefile {HELPERS}\n" + (ROOT / "utils.py").read_text(), \
+        "the notebook's helpers differ from utils.py: run `python scripts/sync_notebook.py`"
+    nb = json.loads(NOTEBOOK.read_text())
+    i = next(k for k, c in enumerate(nb["cells"]) if "helpers" in c["metadata"].get("tags", []))
+    assert nb["cells"][i]["metadata"]["jupyter"]["source_hidden"]  # folded in Jupyter and Kaggle
+    heading = nb["cells"][i - 2]  # the section heading above it starts collapsed in Colab
+    assert heading["source"][0].startswith("### 1.1") and \
+        nb["metadata"]["colab"]["collapsed_sections"] == [heading["metadata"]["id"]]
+    first_section = next(k for k, c in enumerate(nb["cells"]) if "".join(c["source"]).startswith("## 1."))
+    assert first_section < i, "the helpers come after section 1 starts, never before the story"
+
+
+def test_sync_command_detects_drift_and_repairs_it(tmp_path):
+    for f in ("obligatorio.ipynb", "utils.py", "scripts/sync_notebook.py"):
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / f, tmp_path / f)
+    sync = [sys.executable, str(tmp_path / "scripts" / "sync_notebook.py")]
+    assert subprocess.run([*sync, "--check"], capture_output=True).returncode == 0
+    with open(tmp_path / "utils.py", "a") as f:
+        f.write("\nDRIFT = 1\n")
+    check = subprocess.run([*sync, "--check"], capture_output=True, text=True)
+    assert check.returncode == 1 and "run python scripts/sync_notebook.py" in check.stdout
+    assert subprocess.run(sync, capture_output=True).returncode == 0
+    assert subprocess.run([*sync, "--check"], capture_output=True).returncode == 0
+    nb = json.loads((tmp_path / "obligatorio.ipynb").read_text())
+    assert any("DRIFT = 1" in "".join(c["source"]) for c in nb["cells"])
 
 
 def test_unet_blocks_and_the_paper_exact_variant(unet_ns):
@@ -39,10 +72,18 @@ def test_unet_blocks_and_the_paper_exact_variant(unet_ns):
     assert ours(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 64, 64)
 
 
+def outputs_text(executed: Path) -> str:
+    """Everything an executed notebook's code cells printed, displayed or raised, as plain text."""
+    parts = []
+    for c in json.loads(executed.read_text())["cells"]:
+        for o in c.get("outputs", []):
+            parts += [o.get("text", ""), o.get("data", {}).get("text/plain", ""), o.get("evalue", "")]
+    return "\n".join("".join(p) if isinstance(p, list) else p for p in parts)
+
+
 def run_notebook(tmp_path, *params: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a copy of the notebook (with utils.py beside it) headless in tmp_path via papermill."""
-    for f in ("obligatorio.ipynb", "utils.py"):
-        shutil.copy(ROOT / f, tmp_path / f)
+    """Run a copy of the notebook, alone (no utils.py), headless in tmp_path via papermill."""
+    shutil.copy(NOTEBOOK, tmp_path / "obligatorio.ipynb")
     cmd = [sys.executable, "-m", "papermill", "obligatorio.ipynb", "out.ipynb", "--cwd", str(tmp_path)]
     for p in params:
         cmd += ["-p", *p.split("=", 1)]
@@ -53,9 +94,11 @@ def run_notebook(tmp_path, *params: str, env: dict | None = None) -> subprocess.
 def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path):
     home = tmp_path / "home"  # no kaggle.json there: auto-detection must end at the demo dataset
     home.mkdir()
+    (tmp_path / "utils.py").write_text("raise RuntimeError('a stale utils.py beside the notebook was imported')\n")
     out = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "DEMO DATASET" in (tmp_path / "out.ipynb").read_text()
+    text = (tmp_path / "out.ipynb").read_text()
+    assert "DEMO DATASET" in text and "differs from the notebook's own copy" in text  # its own helpers won
     assert U.validate_submission(tmp_path / "sub.csv", tmp_path / "data" / "demo" / "test" / "images") == 12
     run_dir = tmp_path / "runs" / "demo_128px_b16_e2_s42"
     assert {"best.pt", "last.pt", "curves.png"} <= {p.name for p in run_dir.iterdir()}
@@ -63,6 +106,24 @@ def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path
     assert again.returncode == 0, again.stderr[-3000:]
     text = (tmp_path / "out.ipynb").read_text()
     assert "resumed from" in text and "sub_1.csv" in text  # resumed, and the first CSV was kept
+
+
+@pytest.mark.parametrize("host", ["colab", "kaggle"])
+def test_on_colab_or_kaggle_missing_data_stops_the_run(tmp_path, host):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "KAGGLE_API_TOKEN": "", "KAGGLE_USERNAME": "", "KAGGLE_KEY": ""}
+    if host == "colab":
+        env["PYTHONPATH"] = str(make_fake_colab(tmp_path / "fake-colab"))
+    else:
+        env["KAGGLE_KERNEL_RUN_TYPE"] = "Interactive"  # what Kaggle sets in its notebooks
+    out = run_notebook(tmp_path, "SUBMISSION_PATH=sub.csv", env=env)
+    assert out.returncode != 0
+    said = outputs_text(tmp_path / "out.ipynb")
+    assert f"environment {host}" in " ".join(said.split())  # the notebook saw the host
+    assert ("No competition data and no Kaggle credentials" if host == "colab" else "No competition data below "
+            "/kaggle/input") in said and 'DATA_DIR = "demo"' in said and U.COMPETITION_URL in said
+    assert not (tmp_path / "data" / "demo").exists() and not (tmp_path / "sub.csv").exists()
 
 
 def test_headless_run_with_a_wrong_data_dir_fails_clearly(tmp_path):
