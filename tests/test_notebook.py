@@ -87,8 +87,8 @@ def run_notebook(tmp_path, *params: str, env: dict | None = None) -> subprocess.
     cmd = [sys.executable, "-m", "papermill", "obligatorio.ipynb", "out.ipynb", "--cwd", str(tmp_path)]
     for p in params:
         cmd += ["-p", *p.split("=", 1)]
-    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, **(env or {})})
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}  # no credentials of the tester
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**clean, **(env or {})})
 
 
 def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path):
