@@ -210,7 +210,7 @@ def _layout(root, rel, demo_root):
 
 @pytest.mark.parametrize("rel", [
     U.COMPETITION,                                  # classic: /kaggle/input/<competition>
-    "competitions/" + U.COMPETITION,                # newer mounts: /kaggle/input/competitions/<competition>
+    "competitions/" + U.COMPETITION,                # one folder level more above the competition's
     "my-person-photos",                             # the data re-uploaded as a renamed dataset
     "datasets/someone/persons-copy/unzipped",       # and with extra folder levels
 ])
