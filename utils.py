@@ -266,12 +266,13 @@ def kaggle_credentials(uploads: str | Path = ".") -> str | None:
                          ("kaggle.json", _kaggle_config_dir() / "kaggle.json")):
         if (uploads / name).is_file() and (uploads / name).resolve() != target.resolve():
             _install_secret_file(uploads / name, target)
-    wanted = [n for n in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY") if not os.environ.get(n)]
-    secrets = _colab_secrets(wanted) if wanted and detect_host() == "colab" else {}
-    if "KAGGLE_API_TOKEN" in secrets:
-        os.environ["KAGGLE_API_TOKEN"] = secrets["KAGGLE_API_TOKEN"]
-    if "KAGGLE_USERNAME" in secrets and "KAGGLE_KEY" in secrets:
-        os.environ.update(KAGGLE_USERNAME=secrets["KAGGLE_USERNAME"], KAGGLE_KEY=secrets["KAGGLE_KEY"])
+    secrets = {}  # Colab secrets, asked for only when needed (each may prompt the user for notebook access)
+    if detect_host() == "colab" and not os.environ.get("KAGGLE_API_TOKEN"):
+        secrets = _colab_secrets(["KAGGLE_API_TOKEN"])
+        if not secrets and not (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
+            secrets = _colab_secrets(["KAGGLE_USERNAME", "KAGGLE_KEY"])
+            secrets = secrets if len(secrets) == 2 else {}
+        os.environ.update(secrets)
     from_secret = " (Colab secret)" if secrets else ""
     token_files = [Path.home() / ".kaggle" / n for n in ("access_token", "access_token.txt")]
     if os.environ.get("KAGGLE_API_TOKEN"):

@@ -52,6 +52,9 @@ class SecretNotFoundError(Exception):
 
 
 def get(key):
+    if os.environ.get("FAKE_COLAB_ASKED"):  # a file recording which secrets were asked for
+        with open(os.environ["FAKE_COLAB_ASKED"], "a") as f:
+            f.write(key + "\\n")
     secrets = json.loads(os.environ.get("FAKE_COLAB_SECRETS", "{}"))
     if key not in secrets:
         raise SecretNotFoundError(f"Secret {key} does not exist.")

@@ -1,4 +1,5 @@
 """Reading, pairing, caching, splitting and augmenting the data; locating DATA_DIR."""
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +217,7 @@ def _no_kaggle(tmp_path, monkeypatch):
 
 def test_explicit_empty_data_dir_is_auto_detected_into_it(tmp_path, monkeypatch, capsys):
     _no_kaggle(tmp_path, monkeypatch)
+    monkeypatch.setattr(U, "make_demo_dataset", partial(U.make_demo_dataset, n_train=4, n_test=2, size=64))  # fast
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".DS_Store").write_text("")
     assert U.resolve_data_dir(tmp_path / "empty") == (tmp_path / "empty" / "demo", True)

@@ -155,6 +155,17 @@ def test_each_credential_leads_to_a_download(way, clean_host, fake_kaggle, monke
         (tmp_path / "work").glob("data/**/kaggle.json"))  # and never written where the data (or a repo) is
 
 
+def test_colab_secrets_are_asked_for_only_when_needed(clean_host, fake_colab, monkeypatch, tmp_path):
+    asked = tmp_path / "asked.txt"
+    monkeypatch.setenv("FAKE_COLAB_ASKED", str(asked))
+    monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps({"KAGGLE_API_TOKEN": SECRET, "KAGGLE_USERNAME": "u",
+                                                         "KAGGLE_KEY": "k"}))
+    assert U.kaggle_credentials() == "KAGGLE_API_TOKEN (Colab secret)"  # the CLI prefers the token
+    assert asked.read_text().split() == ["KAGGLE_API_TOKEN"]  # so the legacy key was not asked for
+    assert U.kaggle_credentials() == "KAGGLE_API_TOKEN"  # now in the environment: nothing asked again
+    assert asked.read_text().split() == ["KAGGLE_API_TOKEN"]
+
+
 def test_an_uploaded_file_never_replaces_a_different_existing_one(clean_host, fake_kaggle, capsys, tmp_path):
     _home_access_token(clean_host, None, None)
     (tmp_path / "work" / "access_token").write_text("another-token")
