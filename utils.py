@@ -347,10 +347,7 @@ def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data",
     that says how to get the data: the demo set is used there only when DATA_DIR == "demo".
     """
     if str(data_dir) == "demo":
-        demo = Path(local) / "demo"
-        if find_data_root(demo) is None:
-            make_demo_dataset(demo)
-        return demo, True
+        return _demo_dataset(Path(local) / "demo"), True
     if data_dir:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
@@ -376,9 +373,14 @@ def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data",
         return download_competition(Path(local) / COMPETITION), False
     if host != "local":
         raise FileNotFoundError(missing_data_message(host))
+    return _demo_dataset(demo), True
+
+
+def _demo_dataset(demo: Path) -> Path:
+    """The demo dataset in `demo`, generated the first time."""
     if find_data_root(demo) is None:
         make_demo_dataset(demo)
-    return demo, True
+    return demo
 
 
 def _texture(rng: np.random.Generator, size: int) -> Image.Image:
