@@ -9,10 +9,13 @@ out="outputs/obligatorio_$(date +%Y%m%d-%H%M%S).ipynb"
 python -m papermill obligatorio.ipynb "$out" "$@"
 python - "$out" <<'PY'
 import json, re, sys
-text = json.dumps(json.load(open(sys.argv[1])))
-if "DEMO DATASET" in text:
+cells = json.load(open(sys.argv[1]))["cells"]
+text = "\n".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                 for c in cells for o in c.get("outputs", []))
+if "DATOS DE DEMOSTRACIÓN" in text:
     print("NOTE: ran on the generated DEMO dataset (no competition data found): its scores say nothing about real photos")
-for pattern in (r"wrote (\S+?\.csv): (\d+) rows, valid", r"val Dice @ full size \(Kaggle metric\)\s+([\d.]+)"):
+for pattern in (r"escrito (\S+?\.csv): (\d+) filas, válido",
+                r"Dice de validación a tamaño completo \(Kaggle\)\s+[\d.]+ ± [\d.]+"):
     m = re.search(pattern, text)
     if m:
         print(re.sub(r"\s+", " ", m.group(0)))

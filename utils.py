@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import csv
 import importlib.util
+import io
 import math
 import os
 import random
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,13 +31,35 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
+
+with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns; bars are off there anyway (see tqdm below)
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    from tqdm.auto import tqdm as _tqdm
 
 COMPETITION = "tdl-obligatorio-2025"
 COMPETITION_URL = f"https://www.kaggle.com/competitions/{COMPETITION}"
 KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts attached data, at some depth
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 JUNK_NAMES = {"thumbs.db", "desktop.ini"}
+
+def headless_kernel() -> bool:
+    """True in a Jupyter kernel without ipywidgets (papermill, nbclient): tqdm would print each refresh there."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config and importlib.util.find_spec("ipywidgets") is None
+
+
+def tqdm(*args, **kwargs):
+    """tqdm.auto's bar (a widget in Colab/Jupyter, text in a terminal), off where only text would go to a notebook.
+
+    Off there, the training loop still prints one line per epoch; an executed notebook stays small.
+    """
+    disable = kwargs.pop("disable", False) or headless_kernel()
+    return _tqdm(*args, **kwargs, disable=disable)
+
 
 # --------------------------------------------------------------------------------------------
 # Data: files, decoding, pairing
@@ -151,7 +175,7 @@ def ensure_installed(module: str, requirement: str | None = None) -> None:
         raise RuntimeError(f"{module} is missing and `{' '.join(cmd[2:])}` failed:\n{done.stderr.strip()[-1500:]}\n"
                            f"Install it by hand (pip install {requirement or module}) and run again.")
     importlib.invalidate_caches()
-    print(f"installed {requirement or module} (this host does not ship it)")
+    print(f"instalado {requirement or module} (este entorno no lo trae)")
 
 
 DATA_SUBDIRS = ("train/images", "train/masks", "test/images")
@@ -205,9 +229,9 @@ def find_kaggle_data(root: str | Path | None = None, depth: int = 4) -> Path | N
         return None
     roots.sort(key=lambda p: (COMPETITION not in p.parts, len(p.parts), str(p)))
     if len(roots) > 1:
-        print(f"{len(roots)} data folders below {root}: {', '.join(map(str, roots))}; using the first "
-              f"(set DATA_DIR to pick another)")
-    print(f"Kaggle input: using {roots[0]}")
+        print(f"{len(roots)} carpetas de datos bajo {root}: {', '.join(map(str, roots))}; se usa la primera "
+              f"(DATA_DIR elige otra)")
+    print(f"datos de Kaggle: se usa {roots[0]}")
     return roots[0]
 
 
@@ -224,15 +248,15 @@ def _install_secret_file(source: Path, target: Path) -> None:
     """Copy a credential file to `target` with mode 600 (folder 700); an existing different file is kept, said aloud."""
     if target.is_file():
         if target.read_bytes() != source.read_bytes():
-            print(f"{source} not installed: {target} exists and differs; the Kaggle CLI uses {target} "
-                  f"(delete it to use the uploaded one)")
+            print(f"{source} no se copió: {target} ya existe y es distinto; la CLI de Kaggle usa {target} "
+                  f"(borrarlo para usar el subido)")
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     target.parent.chmod(0o700)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
     with os.fdopen(fd, "wb") as f:
         f.write(source.read_bytes())
-    print(f"installed {source} as {target} (mode 600)")
+    print(f"{source} copiado a {target} (permisos 600)")
 
 
 def _colab_secrets(names: Sequence[str]) -> dict[str, str]:
@@ -300,7 +324,7 @@ def download_competition(dest: str | Path) -> Path:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [kaggle_cli(), "competitions", "download", "-c", COMPETITION, "-p", str(dest)]
-    print(f"downloading the competition data into {dest} (about 2 GB) ...")
+    print(f"descargando los datos de la competencia en {dest} (unos 2 GB) ...")
     done = subprocess.run(cmd, capture_output=True, text=True)  # captured: a kernel would not show it
     if done.returncode:
         said = (done.stdout + done.stderr).strip()[-1500:]
@@ -361,7 +385,7 @@ def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data",
             raise FileNotFoundError(
                 f"DATA_DIR={data_dir!s}: no folder with train/images, train/masks and test/images at or below "
                 f"it, but it is not empty. Point DATA_DIR at the folder holding train/ and test/.")
-        print(f"DATA_DIR={data_dir!s} is empty: auto-detecting, downloads and demo data go there")
+        print(f"DATA_DIR={data_dir!s} está vacía: detección automática; descargas y demo van ahí")
         local = data_dir
     demo = Path(local) / "demo"
     root = find_kaggle_data() or find_data_root(local, exclude=demo)
@@ -369,7 +393,7 @@ def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data",
         return root, False
     source = kaggle_credentials()
     if source:
-        print(f"Kaggle credentials: {source}")
+        print(f"credencial de Kaggle: {source}")
         return download_competition(Path(local) / COMPETITION), False
     if host != "local":
         raise FileNotFoundError(missing_data_message(host))
@@ -500,7 +524,7 @@ class CachedSegDataset(Dataset):
         self.orig_sizes: list[tuple[int, int]] = []
         jobs = [(Path(i), Path(m) if m else None, size) for i, m in self.items]
         results = _parallel_map(_load_item, jobs, workers)
-        for k, (img, mask, hw) in enumerate(tqdm(results, total=n, desc=f"caching {n} images @ {size}px",
+        for k, (img, mask, hw) in enumerate(tqdm(results, total=n, desc=f"cache de {n} imágenes a {size} px",
                                                 disable=not progress)):
             self.images[k] = torch.from_numpy(img).permute(2, 0, 1)
             if mask is not None:
@@ -570,14 +594,16 @@ def augment(x: torch.Tensor, y: torch.Tensor, transform: Callable) -> tuple[torc
             torch.stack([mask.as_subclass(torch.Tensor) for _, mask in pairs]))
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 128) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (0-1 scale) of an N x 3 x H x W uint8 tensor, in chunks (little RAM)."""
+def channel_stats(images: torch.Tensor, chunk: int = 128,
+                  index: Sequence[int] | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-1 scale) of an N x 3 x H x W uint8 tensor (or its items `index`), in chunks."""
+    index = list(range(len(images))) if index is None else list(index)
     total, total_sq = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
-    for c in images.split(chunk):
-        x = c.to(torch.float64).div_(255)
+    for lo in range(0, len(index), chunk):
+        x = images[index[lo:lo + chunk]].to(torch.float64).div_(255)
         total += x.sum(dim=(0, 2, 3))
         total_sq += x.square().sum(dim=(0, 2, 3))
-    n = images.numel() / 3
+    n = len(index) * images[0].numel() / 3
     mean = total / n
     std = (total_sq / n - mean.square()).clamp(min=0).sqrt()
     return mean.tolist(), std.tolist()
@@ -769,7 +795,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
     model.train()
     dtype = amp_dtype(device) if cfg.amp else None
     losses, dices = [], []
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} train", leave=False)
+    bar = tqdm(loader, desc=f"época {epoch + 1}/{cfg.epochs}, entrenamiento", leave=False)
     for step, (x, y) in enumerate(bar):
         x, y = _to_device(x, y, loader, device)
         while True:
@@ -792,8 +818,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
                 state["chunks"] *= 2
                 opt.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
-                tqdm.write(f"CUDA out of memory: micro-batch halved to {math.ceil(len(x) / state['chunks'])} "
-                           f"(gradients accumulated over {state['chunks']} chunks, same effective batch)")
+                print(f"CUDA sin memoria: micro-batch reducido a {math.ceil(len(x) / state['chunks'])} (gradientes "
+                      f"acumulados en {state['chunks']} partes, el batch efectivo no cambia)")
         scaler.unscale_(opt)
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -867,7 +893,7 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
         start, best, stale, history = ck["epoch"] + 1, ck["best_dice"], ck["stale"], ck["history"]
-        print(f"resumed from {last}: epoch {start} done, best val Dice {best:.4f}")
+        print(f"reanudado desde {last}: {start} épocas hechas, mejor Dice de validación {best:.4f}")
     t0 = time.time()
     for epoch in range(start, cfg.epochs):
         try:
@@ -887,15 +913,15 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
         save_checkpoint(last, ck)
         if improved:
             save_checkpoint(run_dir / "best.pt", ck)
-        print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {tr_loss:.4f}/{va_loss:.4f}  "
-              f"dice {tr_dice:.4f}/{va_dice:.4f}  lr {history['lr'][-1]:.2e}{'  *best*' if improved else ''}")
+        print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}/{va_loss:.4f} (entr./val.)  "
+              f"Dice {tr_dice:.4f}/{va_dice:.4f}  LR {history['lr'][-1]:.2e}{'  *mejor*' if improved else ''}")
         if log is not None:
             log({k: v[-1] for k, v in history.items()} | {"epoch": epoch + 1})
         if cfg.patience and stale >= cfg.patience:
-            print(f"early stop: no val Dice gain in {cfg.patience} epochs")
+            print(f"parada temprana: el Dice de validación no mejoró en {cfg.patience} épocas")
             break
         if cfg.time_budget_min and time.time() - t0 > 60 * cfg.time_budget_min:
-            print(f"time budget of {cfg.time_budget_min} min reached after epoch {epoch + 1}")
+            print(f"presupuesto de {cfg.time_budget_min} min alcanzado tras la época {epoch + 1}")
             break
     return history
 
@@ -910,12 +936,12 @@ def init_wandb(project: str, config: dict):
         except Exception:  # not on Colab, or no such secret
             key = None
     if not key:
-        print("W&B: no WANDB_API_KEY (environment or Colab secret); training without logging")
+        print("W&B: sin WANDB_API_KEY (variable de entorno o secreto de Colab); se entrena sin registrar")
         return None
     try:
         import wandb
     except ImportError:
-        print("W&B: package missing (pip install wandb); training without logging")
+        print("W&B: falta el paquete (pip install wandb); se entrena sin registrar")
         return None
     wandb.login(key=key)
     return wandb.init(project=project, config=config)
@@ -959,12 +985,12 @@ def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: 
         try:
             peak = peak_step_memory(model, img_size, batch, device, dtype)
             if peak <= memory_fraction * total:
-                print(f"batch {batch}: peak {peak / 2**30:.2f} GiB of {total / 2**30:.1f} GiB -> using it")
+                print(f"batch {batch}: pico {peak / 2**30:.2f} GiB de {total / 2**30:.1f} GiB -> se usa")
                 model.load_state_dict(saved)
                 return batch
-            print(f"batch {batch}: peak {peak / 2**30:.2f} GiB > {memory_fraction:.0%} of the GPU, halving")
+            print(f"batch {batch}: pico {peak / 2**30:.2f} GiB > {memory_fraction:.0%} de la GPU, a la mitad")
         except torch.OutOfMemoryError:
-            print(f"batch {batch}: out of memory, halving")
+            print(f"batch {batch}: sin memoria, a la mitad")
         batch //= 2
     raise RuntimeError(f"even batch 1 does not fit at {img_size}px; lower IMG_SIZE or BASE_CHANNELS")
 
@@ -1030,7 +1056,8 @@ def threshold_sweep(model: nn.Module, ds: CachedSegDataset | Subset, device: tor
                     thresholds: Sequence[float], tta: bool = True) -> tuple[np.ndarray, list[float]]:
     """Per-image full-resolution Dice for each threshold (N x T) and each image's true coverage."""
     scores, coverage = np.zeros((len(ds), len(thresholds))), []
-    for i, prob in tqdm(predict_probs(model, ds, device, tta), total=len(ds), desc="full-size eval", leave=False):
+    probs = predict_probs(model, ds, device, tta)
+    for i, prob in tqdm(probs, total=len(ds), desc="evaluación a tamaño completo", leave=False):
         truth = read_mask(ds.items[i][1]).astype(bool)
         coverage.append(float(truth.mean()))
         for j, t in enumerate(thresholds):
@@ -1080,7 +1107,7 @@ def new_submission_path(path: str | Path | None = None, out_dir: str | Path = "s
         k += 1
         candidate = p.with_name(f"{p.stem}_{k}{p.suffix}")
     if candidate != p and path:
-        print(f"{p} exists: writing {candidate} instead (nothing is overwritten)")
+        print(f"{p} ya existe: se escribe {candidate} (nunca se pisa un archivo)")
     candidate.parent.mkdir(parents=True, exist_ok=True)
     return candidate
 
@@ -1165,8 +1192,12 @@ def error_overlay(img: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: f
 
 
 def show_grid(pictures: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 4,
-              size: float = 3.0):
-    """Show images in a grid with optional titles; returns the matplotlib figure."""
+              size: float = 3.0, dpi: int = 90):
+    """Show images in a grid with optional titles, displayed as one JPEG; returns the (closed) figure.
+
+    Photos saved as PNG, the inline default, weigh about 1 MB per grid: a notebook with a few grids would
+    be many megabytes. Outside IPython the figure is left open for plt.show().
+    """
     import matplotlib.pyplot as plt
     nrows = math.ceil(len(pictures) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
@@ -1177,6 +1208,18 @@ def show_grid(pictures: Sequence[np.ndarray], titles: Sequence[str] | None = Non
         if titles is not None:
             ax.set_title(titles[k], fontsize=9)
     fig.tight_layout()
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image as IPyImage
+        from IPython.display import display
+    except ImportError:
+        return fig
+    if get_ipython() is None:
+        return fig
+    buf = io.BytesIO()
+    fig.savefig(buf, format="jpeg", dpi=dpi, pil_kwargs={"quality": 85})
+    plt.close(fig)
+    display(IPyImage(buf.getvalue(), format="jpeg"))
     return fig
 
 
@@ -1185,16 +1228,18 @@ def plot_history(history: dict[str, list[float]]):
     import matplotlib.pyplot as plt
     ep = np.arange(1, len(history["train_loss"]) + 1)
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    for ax, key in zip(axes[:2], ("loss", "dice")):
-        ax.plot(ep, history[f"train_{key}"], label="train")
-        ax.plot(ep, history[f"val_{key}"], label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
+    titles = ("pérdida (BCE + Dice suave, escala log)", "Dice (umbral 0.5)")
+    for ax, key, title in zip(axes[:2], ("loss", "dice"), titles):
+        ax.plot(ep, history[f"train_{key}"], label="entrenamiento")
+        ax.plot(ep, history[f"val_{key}"], label="validación")
+        ax.set_xlabel("época")
+        ax.set_title(title)
         ax.legend()
         ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")  # a first validation loss far above the rest would flatten a linear axis
     axes[2].plot(ep, history["lr"])
-    axes[2].set_title("learning rate (end of epoch)")
-    axes[2].set_xlabel("epoch")
+    axes[2].set_title("tasa de aprendizaje (fin de época)")
+    axes[2].set_xlabel("época")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -1206,8 +1251,8 @@ def plot_dice_vs_coverage(dice: Sequence[float], coverage: Sequence[float]):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(np.asarray(coverage) * 100, dice, s=14, alpha=0.7)
     ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("person coverage (% of pixels, log scale)")
-    ax.set_ylabel("Dice")
+    ax.set_xlabel("cobertura de la persona (% de píxeles, escala log)")
+    ax.set_ylabel("Dice por imagen")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -68,8 +68,8 @@ def test_notebook_alone_runs_in_a_colab_like_venv(tmp_path):
     said = outputs_text(work / "out.ipynb") if (work / "out.ipynb").exists() else ""
     assert run.returncode == 0, run.stderr[-3000:] + said[-3000:]
 
-    assert "environment colab" in " ".join(said.split())
-    assert "installed torchinfo>=1.8" in said  # installed because it was missing ...
+    assert "entorno colab" in " ".join(said.split())
+    assert "instalado torchinfo>=1.8" in said  # installed because it was missing ...
     assert subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True,
                           check=True).stdout == torch_before  # ... and torch left as it was
     (call,) = kaggle_calls(tmp_path / "calls.jsonl")  # the download used the Colab secret

@@ -221,7 +221,7 @@ def test_explicit_empty_data_dir_is_auto_detected_into_it(tmp_path, monkeypatch,
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".DS_Store").write_text("")
     assert U.resolve_data_dir(tmp_path / "empty") == (tmp_path / "empty" / "demo", True)
-    assert "is empty: auto-detecting" in capsys.readouterr().out
+    assert "está vacía: detección automática" in capsys.readouterr().out
 
 
 def _mount(folder: Path, data: Path) -> Path:
@@ -245,6 +245,13 @@ def test_auto_detection_order(tmp_path, monkeypatch, demo_root):
     kaggle = _mount(tmp_path / "kaggle-input" / "tdl-obligatorio-2025", demo_root)  # Kaggle input comes first
     assert U.resolve_data_dir(None, local=local) == (kaggle, False)
     assert U.resolve_data_dir(demo_root) == (demo_root, False)  # explicit wins
+
+
+def test_channel_stats_of_a_subset_use_only_those_images():
+    imgs = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    idx = [3, 7, 11, 19, 0]
+    assert U.channel_stats(imgs, chunk=2, index=idx) == pytest.approx(U.channel_stats(imgs[idx]))
+    assert U.channel_stats(imgs, index=idx) != pytest.approx(U.channel_stats(imgs))
 
 
 def test_channel_stats_in_chunks_match_the_direct_formula():

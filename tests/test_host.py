@@ -171,7 +171,7 @@ def test_an_uploaded_file_never_replaces_a_different_existing_one(clean_host, fa
     (tmp_path / "work" / "access_token").write_text("another-token")
     assert U.kaggle_credentials().endswith(".kaggle/access_token")
     assert (clean_host / ".kaggle" / "access_token").read_text().strip() == SECRET
-    assert "exists and differs" in capsys.readouterr().out
+    assert "ya existe y es distinto" in capsys.readouterr().out
 
 
 def test_a_failed_download_says_what_to_do(clean_host, fake_kaggle, monkeypatch):
@@ -231,7 +231,7 @@ def test_kaggle_data_found_wherever_it_is_mounted(rel, clean_host, tmp_path, dem
     target = _layout(kin, rel, demo_root)
     monkeypatch.setattr(U, "KAGGLE_INPUT", kin)
     assert U.resolve_data_dir(None, host="kaggle") == (target, False)
-    assert f"Kaggle input: using {target}" in capsys.readouterr().out
+    assert f"datos de Kaggle: se usa {target}" in capsys.readouterr().out
 
 
 def test_kaggle_prefers_the_competition_folder_and_says_so(clean_host, tmp_path, demo_root, monkeypatch, capsys):
@@ -239,7 +239,7 @@ def test_kaggle_prefers_the_competition_folder_and_says_so(clean_host, tmp_path,
     _layout(kin, "a-copy", demo_root)
     comp = _layout(kin, "competitions/" + U.COMPETITION, demo_root)
     assert U.find_kaggle_data(kin) == comp
-    assert "2 data folders below" in capsys.readouterr().out
+    assert "2 carpetas de datos bajo" in capsys.readouterr().out
 
 
 def test_kaggle_search_depth_is_bounded(clean_host, tmp_path, demo_root):
@@ -259,7 +259,7 @@ def test_ensure_installed_calls_pip_only_when_missing_and_never_for_torch(monkey
     assert calls == []
     U.ensure_installed("surely_not_a_module_xyz", "surely-not-a-module-xyz>=1")
     assert calls == [[sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "surely-not-a-module-xyz>=1"]]
-    assert "installed surely-not-a-module-xyz>=1" in capsys.readouterr().out
+    assert "instalado surely-not-a-module-xyz>=1" in capsys.readouterr().out
     monkeypatch.setattr(U.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="never replaces"):
         U.ensure_installed("torchvision")

@@ -1,6 +1,7 @@
 """The notebook: structure (parameters, no outputs, the U-Net classes) and headless runs."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,31 @@ def outputs_text(executed: Path) -> str:
     return "\n".join("".join(p) if isinstance(p, list) else p for p in parts)
 
 
+def summary_of(said: str) -> dict[str, str]:
+    """The rows of section 9's summary table (key, value), parsed from its printed form."""
+    table = said[[m.end() for m in re.finditer(r"\n +valor\n", said)][-1]:]  # the last table headed "valor"
+    rows = [re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in table.splitlines() if line.strip()]
+    return {r[0]: r[1] for r in rows if len(r) == 2}
+
+
+def check_summary(said: str, run_dir: Path, work: Path) -> None:
+    """The summary names the data and its numbers equal what the run computed, saved and printed elsewhere."""
+    s = summary_of(said)
+    history = torch.load(run_dir / "last.pt", weights_only=False)["history"]
+    best = max(history["val_dice"])
+    assert "DEMOSTRACIÓN" in s["datos"] and s["datos"].endswith("data/demo")
+    n_train, n_val, n_test = map(int, s["imágenes: entrenamiento / validación / test"].split(" / "))
+    assert n_train + n_val == 48 and n_test == 12
+    assert s["entrada"] == f"128 px, batch 4, {len(history['val_dice'])} épocas"
+    assert s["mejor Dice de validación (resolución de entrada)"] == \
+        f"{best:.4f} (época {history['val_dice'].index(best) + 1})"
+    full = re.search(r"TTA sí: Dice de validación ([\d.]+ ± [\d.]+) .*aporte del TTA a 0.5: ([-+][\d.]+)", said)
+    assert s["Dice de validación a tamaño completo (Kaggle)"] == full[1]
+    assert s["TTA de volteo"] == f"sí (aporte {full[2]})"
+    assert s["umbral"] == re.search(r"-> se usa ([\d.]+)", said)[1]
+    assert s["CSV"] == "sub.csv" and (work / "sub.csv").exists()
+
+
 def run_notebook(tmp_path, *params: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a copy of the notebook, alone (no utils.py), headless in tmp_path via papermill."""
     shutil.copy(NOTEBOOK, tmp_path / "obligatorio.ipynb")
@@ -98,14 +124,17 @@ def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path
     out = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})
     assert out.returncode == 0, out.stderr[-3000:]
     text = (tmp_path / "out.ipynb").read_text()
-    assert "DEMO DATASET" in text and "differs from the notebook's own copy" in text  # its own helpers won
+    assert "DATOS DE DEMOSTRACI" in text and "es distinto de la copia del notebook" in text  # its own helpers won
     assert U.validate_submission(tmp_path / "sub.csv", tmp_path / "data" / "demo" / "test" / "images") == 12
     run_dir = tmp_path / "runs" / "demo_128px_b16_e2_s42"
     assert {"best.pt", "last.pt", "curves.png"} <= {p.name for p in run_dir.iterdir()}
+    said = outputs_text(tmp_path / "out.ipynb")
+    assert len(re.findall(r"^época +\d+/2 ", said, flags=re.M)) == 2 and "it/s" not in said  # one line per epoch
+    check_summary(said, run_dir, tmp_path)
     again = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})
     assert again.returncode == 0, again.stderr[-3000:]
     text = (tmp_path / "out.ipynb").read_text()
-    assert "resumed from" in text and "sub_1.csv" in text  # resumed, and the first CSV was kept
+    assert "reanudado desde" in text and "sub_1.csv" in text  # resumed, and the first CSV was kept
 
 
 @pytest.mark.parametrize("host", ["colab", "kaggle"])
@@ -120,7 +149,7 @@ def test_on_colab_or_kaggle_missing_data_stops_the_run(tmp_path, host):
     out = run_notebook(tmp_path, "SUBMISSION_PATH=sub.csv", env=env)
     assert out.returncode != 0
     said = outputs_text(tmp_path / "out.ipynb")
-    assert f"environment {host}" in " ".join(said.split())  # the notebook saw the host
+    assert f"entorno {host}" in " ".join(said.split())  # the notebook saw the host
     assert ("No competition data and no Kaggle credentials" if host == "colab" else "No competition data below "
             "/kaggle/input") in said and 'DATA_DIR = "demo"' in said and U.COMPETITION_URL in said
     assert not (tmp_path / "data" / "demo").exists() and not (tmp_path / "sub.csv").exists()
@@ -143,6 +172,8 @@ def test_notebook_on_real_photos_scores_above_the_floor(tmp_path, real_root):
                            capture_output=True, text=True, check=True)
     dice = float(score.stdout.strip().splitlines()[-1].split("=")[1])
     assert dice >= REAL_FLOOR, score.stdout
+    size = (tmp_path / "out.ipynb").stat().st_size
+    assert size < 2 * 2**20, f"the executed notebook weighs {size / 2**20:.1f} MiB"  # photos, bars: kept small
 
 
 REAL_FLOOR = 0.80

@@ -67,7 +67,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(UNet, demo_ds, tmp_
     assert saved["epoch"] == 1  # two epochs done (0-based)
     resumed = UNet(base=8)  # a fresh process would build a fresh model
     h_resumed = U.train(resumed, tr, va, cfg(4), tmp_path / "b", CPU)
-    assert "resumed from" in capsys.readouterr().out
+    assert "reanudado desde" in capsys.readouterr().out
     assert h_resumed["lr"] == pytest.approx(h_straight["lr"])
     assert h_resumed["val_loss"] == pytest.approx(h_straight["val_loss"], rel=1e-4)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
@@ -150,7 +150,7 @@ def test_cuda_oom_halves_the_micro_batch_and_training_continues(UNet, demo_ds, t
     h = U.train(model, tr, va, cfg(2), tmp_path, CPU)
     assert len(h["train_loss"]) == 2 and np.isfinite(h["train_loss"]).all()
     out = capsys.readouterr().out
-    assert "micro-batch halved to 2" in out and "micro-batch halved to 1" in out
+    assert "micro-batch reducido a 2" in out and "micro-batch reducido a 1" in out
     assert model.sizes == [1] * (2 * 20)  # every image of both epochs, one at a time, none skipped
 
 
@@ -213,7 +213,7 @@ def test_batch_finder_halves_on_oom_and_on_a_peak_above_the_fraction(UNet, monke
     assert U.find_batch_size(UNet(base=8), 64, torch.device("cuda"), amp=False, max_batch=64) == 8
     assert probed == [64, 32, 16, 8]  # OOM, OOM, 1.6 GiB > 80% of 1 GiB, 0.8 GiB fits
     out = capsys.readouterr().out
-    assert out.count("out of memory, halving") == 2 and "> 80% of the GPU, halving" in out
+    assert out.count("sin memoria, a la mitad") == 2 and "> 80% de la GPU, a la mitad" in out
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
