@@ -42,8 +42,8 @@ KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts attached data, at so
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 JUNK_NAMES = {"thumbs.db", "desktop.ini"}
 
-def headless_kernel() -> bool:
-    """True in a Jupyter kernel without ipywidgets (papermill, nbclient): tqdm would print each refresh there."""
+def kernel_without_widgets() -> bool:
+    """True in a Jupyter kernel without ipywidgets (as under run.sh): tqdm's text bars would print every refresh."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -57,7 +57,7 @@ def tqdm(*args, **kwargs):
 
     Off there, the training loop still prints one line per epoch; an executed notebook stays small.
     """
-    disable = kwargs.pop("disable", False) or headless_kernel()
+    disable = kwargs.pop("disable", False) or kernel_without_widgets()
     return _tqdm(*args, **kwargs, disable=disable)
 
 
