@@ -42,6 +42,11 @@ KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts attached data, at so
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 JUNK_NAMES = {"thumbs.db", "desktop.ini"}
 
+# --------------------------------------------------------------------------------------------
+# Progress bars
+# --------------------------------------------------------------------------------------------
+
+
 def kernel_without_widgets() -> bool:
     """True in a Jupyter kernel without ipywidgets (as under run.sh): tqdm's text bars would print every refresh."""
     try:
