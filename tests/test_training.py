@@ -243,7 +243,7 @@ def test_fp16_training_with_grad_scaler_on_gpu(UNet, demo_ds, tmp_path, monkeypa
 def test_wandb_is_off_without_a_key(monkeypatch, capsys):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert U.init_wandb("p", {}) is None
-    assert "no WANDB_API_KEY" in capsys.readouterr().out
+    assert "sin WANDB_API_KEY" in capsys.readouterr().out
 
 
 def test_forward_cost_counts_activations_and_flops():
