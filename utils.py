@@ -5,30 +5,36 @@ PyTorch / NumPy / Pillow so the notebook can stay a short story.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import importlib.util
 import io
+import json
 import math
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -41,6 +47,7 @@ COMPETITION_URL = f"https://www.kaggle.com/competitions/{COMPETITION}"
 KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts attached data, at some depth
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 JUNK_NAMES = {"thumbs.db", "desktop.ini"}
+PROGRESS_BARS = True  # the data-parallel training processes switch their bars off (one line per epoch instead)
 
 # --------------------------------------------------------------------------------------------
 # Progress bars
@@ -62,7 +69,7 @@ def tqdm(*args, **kwargs):
 
     Off there, the training loop still prints one line per epoch; an executed notebook stays small.
     """
-    disable = kwargs.pop("disable", False) or kernel_without_widgets()
+    disable = kwargs.pop("disable", False) or not PROGRESS_BARS or kernel_without_widgets()
     return _tqdm(*args, **kwargs, disable=disable)
 
 
@@ -796,8 +803,14 @@ def _batches(x: torch.Tensor, y: torch.Tensor, chunks: int) -> list[tuple[torch.
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     cfg: TrainConfig, device: torch.device, state: dict, epoch: int) -> tuple[float, float]:
-    """One pass over the training data; returns (mean loss, mean Dice at 0.5) of its batches."""
+    """One pass over the training data; returns (mean loss, mean Dice at 0.5) of its batches.
+
+    `model` may be wrapped in DistributedDataParallel: then gradients are averaged across processes
+    once per step (micro-batches other than the last skip the exchange), a NaN loss on any process
+    stops all of them at the same step, and an OOM is raised for train_distributed to handle.
+    """
     model.train()
+    ddp = isinstance(model, DistributedDataParallel)
     dtype = amp_dtype(device) if cfg.amp else None
     losses, dices = [], []
     bar = tqdm(loader, desc=f"época {epoch + 1}/{cfg.epochs}, entrenamiento", leave=False)
@@ -806,19 +819,27 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
         while True:
             try:
                 opt.zero_grad(set_to_none=True)
-                loss_sum, logits = 0.0, []
-                for xc, yc in _batches(x, y, state["chunks"]):
-                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                        out = model(xc)
-                    loss = loss_fn(out, yc) * len(xc) / len(x)
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-                    scaler.scale(loss).backward()
+                loss_sum, logits, bad = 0.0, [], None
+                parts = _batches(x, y, state["chunks"])
+                for k, (xc, yc) in enumerate(parts):
+                    sync = not ddp or k == len(parts) - 1
+                    with contextlib.nullcontext() if sync else model.no_sync():
+                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                            out = model(xc)
+                        loss = loss_fn(out, yc) * len(xc) / len(x)
+                        if not torch.isfinite(loss):
+                            bad = f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}"
+                            if not ddp:  # under DDP every process must reach the same collectives first
+                                raise TrainingDiverged(bad)
+                        scaler.scale(loss).backward()
                     loss_sum += loss.item()
                     logits.append(out.detach())
+                if ddp and _any_rank(bad is not None, device):
+                    raise TrainingDiverged(bad or f"loss is not finite on another process at epoch {epoch + 1}, "
+                                                  f"step {step + 1}")
                 break
             except torch.OutOfMemoryError:
-                if state["chunks"] >= len(x):
+                if ddp or state["chunks"] >= len(x):
                     raise
                 state["chunks"] *= 2
                 opt.zero_grad(set_to_none=True)
@@ -854,6 +875,18 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: t
     return float(sum(losses) / n), float(torch.cat(dices).mean())
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every process when `flag` is true on at least one (a collective: all must call it)."""
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _rank() -> int:
+    """This process's rank under torch.distributed; 0 when training in one process."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def _to_device(x: torch.Tensor, y: torch.Tensor, loader: DataLoader,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Move a uint8 batch to the device and make it model input there (the loader's dataset knows how)."""
@@ -868,16 +901,20 @@ def _memory_format(device: torch.device) -> torch.memory_format:
 
 def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg: TrainConfig,
           run_dir: str | Path, device: torch.device, resume: bool = True,
-          log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
+          log: Callable[[dict], None] | None = None, chunks: int = 1) -> dict[str, list[float]]:
     """Train with AdamW + warm-up/cosine LR, AMP, clipping, early stopping and checkpoints.
 
     The loaders' datasets (CachedSegDataset / Subset) yield uint8 batches and normalise them on
     the device. Writes run_dir/last.pt after every epoch and run_dir/best.pt when validation Dice improves.
     With resume=True and a last.pt present, continues from the epoch after it. Returns the
-    history: train/val loss and Dice and the LR, one value per epoch.
+    history: train/val loss and Dice and the LR, one value per epoch. `chunks` > 1 starts with
+    micro-batches (gradient accumulation). Under torch.distributed (see train_distributed) each
+    process runs this loop on its shard of the data; rank 0 alone validates, prints and writes,
+    and its stop decisions reach every process.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    distributed, rank = dist.is_available() and dist.is_initialized(), _rank()
     model.to(device, memory_format=_memory_format(device))
     loss_fn = DiceBCELoss(cfg.bce_weight, cfg.dice_weight)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -886,7 +923,7 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
         opt, warmup_cosine(steps, max(1, int(cfg.warmup_epochs * len(train_loader)))))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and amp_dtype(device) == torch.float16)
     history: dict[str, list[float]] = {k: [] for k in ("train_loss", "val_loss", "train_dice", "val_dice", "lr")}
-    start, best, stale, state = 0, -1.0, 0, {"chunks": 1}
+    start, best, stale, state = 0, -1.0, 0, {"chunks": chunks}
     last = run_dir / "last.pt"
     if resume and last.exists():
         ck = load_checkpoint(last, cfg.model)
@@ -898,15 +935,30 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
         start, best, stale, history = ck["epoch"] + 1, ck["best_dice"], ck["stale"], ck["history"]
-        print(f"reanudado desde {last}: {start} épocas hechas, mejor Dice de validación {best:.4f}")
+        if rank == 0:
+            print(f"reanudado desde {last}: {start} épocas hechas, mejor Dice de validación {best:.4f}")
+    net = model
+    if distributed:  # after loading: DDP starts by copying rank 0's weights to every process
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     t0 = time.time()
     for epoch in range(start, cfg.epochs):
+        sampler = getattr(train_loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)  # a new shuffle, and a new shard per process, every epoch
         try:
-            tr_loss, tr_dice = train_one_epoch(model, train_loader, loss_fn, opt, sched, scaler, cfg,
+            tr_loss, tr_dice = train_one_epoch(net, train_loader, loss_fn, opt, sched, scaler, cfg,
                                                device, state, epoch)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}. Training stopped; the last good checkpoint is {last} "
                                    f"(exists: {last.exists()}). Lower LR or set AMP=False and resume.") from None
+        if distributed:  # the epoch's training figures averaged over the processes' shards
+            t = torch.tensor([tr_loss, tr_dice], device=device)
+            dist.all_reduce(t)
+            tr_loss, tr_dice = (t / dist.get_world_size()).tolist()
+        if rank != 0:  # rank 0 validates and writes; the others wait for its stop decision
+            if _any_rank(False, device):
+                break
+            continue
         va_loss, va_dice = evaluate(model, val_loader, loss_fn, device, cfg.amp)
         for k, v in zip(history, (tr_loss, va_loss, tr_dice, va_dice, sched.get_last_lr()[0])):
             history[k].append(v)
@@ -914,7 +966,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
         best, stale = (va_dice, 0) if improved else (best, stale + 1)
         ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
               "scaler": scaler.state_dict(), "epoch": epoch, "best_dice": best, "stale": stale,
-              "history": history, "config": asdict(cfg)}
+              "history": history, "config": asdict(cfg),
+              "gpu_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0}
         save_checkpoint(last, ck)
         if improved:
             save_checkpoint(run_dir / "best.pt", ck)
@@ -922,13 +975,176 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
               f"Dice {tr_dice:.4f}/{va_dice:.4f}  LR {history['lr'][-1]:.2e}{'  *mejor*' if improved else ''}")
         if log is not None:
             log({k: v[-1] for k, v in history.items()} | {"epoch": epoch + 1})
+        stop = False
         if cfg.patience and stale >= cfg.patience:
             print(f"parada temprana: el Dice de validación no mejoró en {cfg.patience} épocas")
-            break
-        if cfg.time_budget_min and time.time() - t0 > 60 * cfg.time_budget_min:
+            stop = True
+        elif cfg.time_budget_min and time.time() - t0 > 60 * cfg.time_budget_min:
             print(f"presupuesto de {cfg.time_budget_min} min alcanzado tras la época {epoch + 1}")
+            stop = True
+        if (_any_rank(stop, device) if distributed else stop):
             break
     return history
+
+
+def resolve_devices(devices: int | str, device: torch.device) -> int:
+    """Training processes: "auto" means every visible GPU (1 on CPU); an int forces it (CPU: gloo processes)."""
+    if devices == "auto":
+        return torch.cuda.device_count() if device.type == "cuda" else 1
+    n = int(devices)
+    if n < 1:
+        raise ValueError(f"DEVICES={devices!r}: use \"auto\" or a number of processes >= 1")
+    if device.type == "cuda" and n > torch.cuda.device_count():
+        raise ValueError(f"DEVICES={n} but only {torch.cuda.device_count()} GPU(s) are visible: "
+                         f"use DEVICES=\"auto\" or at most {torch.cuda.device_count()}")
+    return n
+
+
+class _WorkerError(RuntimeError):
+    """A training process failed; the message says which and how to go on."""
+
+
+def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset, cfg: TrainConfig, run_dir: str | Path,
+                      device: torch.device, world: int, batch_size: int, seed: int, resume: bool = True,
+                      log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
+    """`train` in `world` processes under DistributedDataParallel (NCCL on GPUs, gloo on CPU); same results contract.
+
+    `batch_size` is the global batch (the optimizer's), split evenly: batch_size / world per process, so the
+    number of steps and the LR schedule do not depend on the number of GPUs. The processes are started
+    with `spawn` (CUDA may already be in use in this kernel); the notebook's model travels to them with
+    cloudpickle (by value: its classes live in the notebook), the cached images through a memory-mapped
+    file. Each process shuffles its own shard every epoch (DistributedSampler, seeded); BatchNorm is
+    synchronised on GPUs (PyTorch's SyncBatchNorm has no CPU kernel). Rank 0 validates and writes the
+    checkpoints. A CUDA OOM on any process restarts all of them from last.pt with micro-batches half the
+    size. On return `model` holds the last epoch's weights; `log` is fed the history afterwards.
+    """
+    ensure_installed("cloudpickle", "cloudpickle>=2.2")
+    import cloudpickle
+    if batch_size % world:
+        raise ValueError(f"BATCH_SIZE={batch_size} does not split over {world} processes: use a multiple of {world}")
+    run_dir, per_rank = Path(run_dir), batch_size // world
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "last.pt"
+    done_before = len(load_checkpoint(last)["history"]["val_dice"]) if resume and last.exists() else 0
+    base = train_ds.base
+    work = Path(tempfile.mkdtemp(prefix="tdl_ddp_"))
+    try:
+        torch.save({"images": base.images, "masks": base.masks}, work / "data.pt")
+        images, masks = base.images, base.masks
+        base.images = base.masks = None  # the payload carries the rest; the tensors go through data.pt
+        try:
+            payload = cloudpickle.dumps((copy.deepcopy(model).cpu(), train_ds, val_ds, cfg, run_dir, seed))
+        finally:
+            base.images, base.masks = images, masks
+        (work / "payload.pkl").write_bytes(payload)
+        chunks, started = 1, time.time()
+        while True:
+            failure = _run_workers(world, work, resume, chunks, per_rank, device.type)
+            if failure is None:
+                break
+            if failure.get("error") == "oom" and chunks < per_rank:
+                chunks *= 2
+                print(f"CUDA sin memoria: micro-batch reducido a {math.ceil(per_rank / chunks)} por proceso "
+                      f"(gradientes acumulados en {chunks} partes, el batch efectivo no cambia); "
+                      f"se reanuda desde {last}")
+                resume = resume or (last.exists() and last.stat().st_mtime >= started)
+                continue
+            if failure.get("error") == "diverged":
+                raise TrainingDiverged(failure["message"])
+            if failure.get("error") == "oom":
+                raise torch.OutOfMemoryError(f"{failure['message']} (micro-batch already 1 per process: lower "
+                                             f"IMG_SIZE or BASE_CHANNELS)")
+            raise _WorkerError(f"{failure['message']}. The last complete epoch is in {last} (exists: "
+                               f"{last.exists()}); run the training cell again to resume from it.")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ck = load_checkpoint(last, cfg.model)
+    model.load_state_dict(ck["model"])
+    history = ck["history"]
+    if log is not None:
+        for e in range(done_before, len(history["val_dice"])):
+            log({k: v[e] for k, v in history.items()} | {"epoch": e + 1})
+    return history
+
+
+def _free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (for the processes' rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_workers(world: int, work: Path, resume: bool, chunks: int, per_rank: int, device_type: str) -> dict | None:
+    """Start the processes and wait; None when all finished, else what failed: {"error", "message"}."""
+    import torch.multiprocessing as mp
+    for f in work.glob("failure*.json"):  # from an earlier launch
+        f.unlink()
+    args = (world, str(work), _free_port(), resume, chunks, per_rank, device_type)
+    ctx = mp.start_processes(_ddp_worker, args=args, nprocs=world, join=False, start_method="spawn")
+    log, shown = work / "out0.txt", 0
+
+    def relay() -> int:  # rank 0's printed lines, shown here: a kernel may not show a child process's output
+        text = log.read_text() if log.exists() else ""
+        end = text.rfind("\n") + 1
+        if end > shown:
+            print(text[shown:end], end="", flush=True)
+        return max(end, shown)
+    try:
+        while not ctx.join(timeout=0.5):
+            shown = relay()
+        relay()
+        return None
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+        relay()
+        # what the processes recorded before failing (the one that saw the problem itself first), else the exception
+        recorded = [json.loads(f.read_text()) for f in sorted(work.glob("failure*.json"))]
+        if recorded:
+            return sorted(recorded, key=lambda r: not r["own"])[0]
+        return {"error": "died", "message": f"training process {e.error_index} failed: {str(e).strip()[-2000:]}"}
+    finally:  # a stop of the kernel (KeyboardInterrupt) must not leave processes training
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+
+
+def _ddp_worker(rank: int, world: int, work: str, port: int, resume: bool, chunks: int, per_rank: int,
+                device_type: str) -> None:
+    """One training process of train_distributed (runs in a fresh interpreter started by spawn)."""
+    global PROGRESS_BARS
+    PROGRESS_BARS = False
+    import cloudpickle
+    work_dir = Path(work)
+    sys.stdout = sys.stderr = open(work_dir / f"out{rank}.txt", "a", buffering=1)  # rank 0's: relayed by the parent
+    model, train_ds, val_ds, cfg, run_dir, seed = cloudpickle.loads((work_dir / "payload.pkl").read_bytes())
+    data = torch.load(work_dir / "data.pt", mmap=True, weights_only=True)  # shared pages, no copy per process
+    train_ds.base.images, train_ds.base.masks = data["images"], data["masks"]
+    cuda = device_type == "cuda"
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    seed_everything(seed + rank)  # different augmentation draws on each process
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(minutes=10), device_id=device if cuda else None)
+    try:
+        if cuda and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed)
+        train_loader = DataLoader(train_ds, per_rank, sampler=sampler, drop_last=len(sampler) > per_rank,
+                                  pin_memory=cuda)
+        val_loader = DataLoader(val_ds, per_rank * world, pin_memory=cuda)
+        if rank == 0:
+            print(f"entrenando en {world} {'GPUs' if cuda else 'procesos de CPU (gloo)'}, batch {per_rank} por "
+                  f"{'GPU' if cuda else 'proceso'}, efectivo {per_rank * world}")
+        train(model, train_loader, val_loader, cfg, run_dir, device, resume=resume, chunks=chunks)
+    except (torch.OutOfMemoryError, TrainingDiverged) as e:
+        kind = "oom" if isinstance(e, torch.OutOfMemoryError) else "diverged"
+        own = "another process" not in str(e)
+        (work_dir / f"failure{rank}.json").write_text(json.dumps({"error": kind, "message": str(e), "own": own}))
+        raise
+    finally:
+        dist.destroy_process_group()
 
 
 def init_wandb(project: str, config: dict):

@@ -12,7 +12,8 @@ import torch
 from conftest import NOTEBOOK, ROOT, U, notebook_cells
 from fakes import make_fake_colab
 
-PARAMS = ["DATA_DIR", "RUN_DIR", "SUBMISSION_PATH", "IMG_SIZE", "BATCH_SIZE", "EPOCHS", "BASE_CHANNELS", "SEED"]
+PARAMS = ["DATA_DIR", "RUN_DIR", "SUBMISSION_PATH", "IMG_SIZE", "BATCH_SIZE", "EPOCHS", "BASE_CHANNELS", "SEED",
+          "DEVICES"]
 
 
 def test_one_parameters_cell_with_the_documented_names():
@@ -21,7 +22,7 @@ def test_one_parameters_cell_with_the_documented_names():
     ns: dict = {}
     exec(cells[0], ns)
     assert all(name in ns for name in PARAMS)
-    assert ns["DATA_DIR"] is None and ns["BATCH_SIZE"] == "auto"
+    assert ns["DATA_DIR"] is None and ns["BATCH_SIZE"] == "auto" and ns["DEVICES"] == "auto"
 
 
 def test_committed_without_outputs():
@@ -98,6 +99,7 @@ def check_summary(said: str, run_dir: Path, work: Path) -> None:
     n_train, n_val, n_test = map(int, s["imágenes: entrenamiento / validación / test"].split(" / "))
     assert n_train + n_val == 48 and n_test == 12
     assert s["entrada"] == f"128 px, batch 4, {len(history['val_dice'])} épocas"
+    assert s["procesos de entrenamiento"] == "2 (DDP), batch 2 por proceso"
     assert s["mejor Dice de validación (resolución de entrada)"] == \
         f"{best:.4f} (época {history['val_dice'].index(best) + 1})"
     full = re.search(r"TTA sí: Dice de validación ([\d.]+ ± [\d.]+) .*aporte del TTA a 0.5: ([-+][\d.]+)", said)
@@ -121,17 +123,19 @@ def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path
     home = tmp_path / "home"  # no kaggle.json there: auto-detection must end at the demo dataset
     home.mkdir()
     (tmp_path / "utils.py").write_text("raise RuntimeError('a stale utils.py beside the notebook was imported')\n")
-    out = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})
+    # trained by 2 gloo processes (Kaggle's 2 GPUs' code path); they too must import the notebook's own helpers
+    out = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", "DEVICES=2", env={"HOME": str(home)})
     assert out.returncode == 0, out.stderr[-3000:]
     text = (tmp_path / "out.ipynb").read_text()
     assert "DATOS DE DEMOSTRACI" in text and "es distinto de la copia del notebook" in text  # its own helpers won
+    assert "entrenando en 2 procesos de CPU (gloo), batch 2 por proceso, efectivo 4" in text
     assert U.validate_submission(tmp_path / "sub.csv", tmp_path / "data" / "demo" / "test" / "images") == 12
     run_dir = tmp_path / "runs" / "demo_128px_b16_e2_s42"
     assert {"best.pt", "last.pt", "curves.png"} <= {p.name for p in run_dir.iterdir()}
     said = outputs_text(tmp_path / "out.ipynb")
     assert len(re.findall(r"^época +\d+/2 ", said, flags=re.M)) == 2 and "it/s" not in said  # one line per epoch
     check_summary(said, run_dir, tmp_path)
-    again = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})
+    again = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})  # 1 process
     assert again.returncode == 0, again.stderr[-3000:]
     text = (tmp_path / "out.ipynb").read_text()
     assert "reanudado desde" in text and "sub_1.csv" in text  # resumed, and the first CSV was kept

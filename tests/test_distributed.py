@@ -1,0 +1,161 @@
+"""Data-parallel training (DEVICES > 1): gloo processes on the CPU stand in for Kaggle's two GPUs."""
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import U
+from test_training import SIZE, OOMAbove, cfg
+from torch.utils.data import DataLoader, DistributedSampler
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def demo_ds(demo_root):
+    pairs = U.pair_files(demo_root / "train" / "images", demo_root / "train" / "masks")
+    ds = U.CachedSegDataset(pairs, SIZE, workers=1, progress=False)
+    ds.set_stats(*U.channel_stats(ds.images))
+    return ds
+
+
+def subsets(ds, transform=None):
+    return U.Subset(ds, range(20), transform), U.Subset(ds, range(20, 24))
+
+
+def test_resolve_devices():
+    assert U.resolve_devices("auto", CPU) == 1
+    assert U.resolve_devices(2, CPU) == 2 and U.resolve_devices("3", CPU) == 3
+    with pytest.raises(ValueError, match="DEVICES=0"):
+        U.resolve_devices(0, CPU)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="GPU"):
+            U.resolve_devices(2, torch.device("cuda"))
+
+
+def test_batch_must_split_evenly(UNet, demo_ds, tmp_path):
+    tr, va = subsets(demo_ds)
+    with pytest.raises(ValueError, match="BATCH_SIZE=5 does not split over 2"):
+        U.train_distributed(UNet(base=8), tr, va, cfg(1), tmp_path, CPU, 2, 5, 0)
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(UNet, demo_ds, tmp_path):
+    """Without randomness in the step (no augmentation, dropout or BatchNorm), DDP must be the same
+    optimisation as one process: each global batch of 4 is the same 4 images, split 2 + 2."""
+    tr, va = subsets(demo_ds)
+    U.seed_everything(0)
+    one = UNet(base=8, batch_norm=False, dropout=0.0)
+    two = UNet(base=8, batch_norm=False, dropout=0.0)
+    two.load_state_dict(one.state_dict())
+    sampler = DistributedSampler(tr, num_replicas=1, rank=0, shuffle=True, seed=0)  # the permutation DDP splits
+    h1 = U.train(one, DataLoader(tr, 4, sampler=sampler, drop_last=True), DataLoader(va, 4), cfg(3), tmp_path / "1",
+                 CPU)
+    h2 = U.train_distributed(two, tr, va, cfg(3), tmp_path / "2", CPU, world=2, batch_size=4, seed=0)
+    for key in ("train_loss", "val_loss", "train_dice", "val_dice", "lr"):
+        assert h2[key] == pytest.approx(h1[key], rel=1e-4, abs=1e-6), key
+    diff = max((a - b).abs().max().item() for a, b in zip(one.state_dict().values(), two.state_dict().values()))
+    assert diff < 1e-4, diff  # float summation order differs; Adam's step is about 1e-3 per weight
+
+
+def test_with_batchnorm_and_augmentation_the_losses_track_one_process(UNet, demo_ds, tmp_path, capfd):
+    """The real recipe: BatchNorm sees 2 images per process instead of 4 (no SyncBatchNorm on CPU) and
+    augmentation draws differ. Measured (seeds 0 and 1, 8 epochs): per-epoch train loss within 2.8% of
+    one process, while two seeds of one process differ by about 15%. Tolerance: 6%."""
+    tr, va = subsets(demo_ds, U.train_transform(0.5))
+    U.seed_everything(0)
+    one = UNet(base=8)
+    two = UNet(base=8)
+    two.load_state_dict(one.state_dict())
+    h1 = U.train(one, DataLoader(tr, 4, shuffle=True, drop_last=True), DataLoader(va, 4), cfg(6), tmp_path / "1", CPU)
+    h2 = U.train_distributed(two, tr, va, cfg(6), tmp_path / "2", CPU, world=2, batch_size=4, seed=0)
+    assert np.allclose(h2["train_loss"], h1["train_loss"], rtol=0.06, atol=0), (h1["train_loss"], h2["train_loss"])
+    assert h2["train_loss"][-1] < h2["train_loss"][0]
+    said = capfd.readouterr().out
+    assert "entrenando en 2 procesos de CPU (gloo), batch 2 por proceso, efectivo 4" in said
+    assert len([ln for ln in said.splitlines() if ln.startswith("época   6/6")]) == 2  # rank 0 prints, once per run
+    ck = U.load_checkpoint(tmp_path / "2" / "last.pt", {"base": 8})
+    assert ck["history"] == h2 and ck["epoch"] == 5
+    for a, b in zip(two.state_dict().values(), ck["model"].values()):  # the caller's model holds the result
+        assert torch.equal(a, b)
+
+
+class NanOnRank(torch.nn.Module):
+    """NaN logits on one process only, from its `bad_call`-th training forward on."""
+
+    def __init__(self, inner, rank, bad_call):
+        super().__init__()
+        self.inner, self.rank, self.bad_call, self.calls = inner, rank, bad_call, 0
+
+    def forward(self, x):
+        out = self.inner(x)
+        if self.training and dist.get_rank() == self.rank:
+            self.calls += 1
+            if self.calls >= self.bad_call:
+                return out * float("nan")
+        return out
+
+
+def test_nan_on_one_process_stops_all_with_the_message(UNet, demo_ds, tmp_path):
+    tr, va = subsets(demo_ds)
+    model = NanOnRank(UNet(base=8), rank=1, bad_call=5 + 3)  # 5 steps per epoch: epoch 2, step 3
+    with pytest.raises(U.TrainingDiverged, match=r"loss is nan at epoch 2, step 3.*last good checkpoint"):
+        U.train_distributed(model, tr, va, cfg(3), tmp_path, CPU, world=2, batch_size=4, seed=0)
+    ck = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
+    assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_oom_restarts_all_processes_with_half_the_micro_batch(UNet, demo_ds, tmp_path, capfd):
+    tr, va = subsets(demo_ds)
+    h = U.train_distributed(OOMAbove(UNet(base=8), limit=1), tr, va, cfg(2), tmp_path, CPU, world=2, batch_size=4,
+                            seed=0)
+    assert len(h["train_loss"]) == 2 and np.isfinite(h["train_loss"]).all()
+    assert "micro-batch reducido a 1 por proceso" in capfd.readouterr().out
+    with pytest.raises(torch.OutOfMemoryError, match="micro-batch already 1"):
+        U.train_distributed(OOMAbove(UNet(base=8), limit=0), tr, va, cfg(1), tmp_path / "b", CPU, world=2,
+                            batch_size=4, seed=0)
+
+
+class KillRank(torch.nn.Module):
+    """SIGKILLs its own process (rank `rank`) at its `at_call`-th training forward, like an out-of-memory killer."""
+
+    def __init__(self, inner, rank, at_call):
+        super().__init__()
+        self.inner, self.rank, self.at_call, self.calls = inner, rank, at_call, 0
+
+    def forward(self, x):
+        if self.training and dist.get_rank() == self.rank:
+            self.calls += 1
+            if self.calls == self.at_call:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner(x)
+
+
+def test_a_killed_process_leaves_a_loadable_checkpoint_and_the_rerun_resumes(UNet, demo_ds, tmp_path, capfd):
+    tr, va = subsets(demo_ds)
+    U.seed_everything(0)
+    net = UNet(base=8)
+    with pytest.raises(RuntimeError, match=r"training process \d failed.*run the training cell again"):
+        U.train_distributed(KillRank(net, rank=1, at_call=2 * 5 + 2), tr, va, cfg(4), tmp_path, CPU, world=2,
+                            batch_size=4, seed=0)  # killed in epoch 3, step 2
+    ck = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
+    assert ck["epoch"] == 1 and len(ck["history"]["val_dice"]) == 2
+    capfd.readouterr()
+    h = U.train_distributed(KillRank(net, rank=1, at_call=10**9), tr, va, cfg(4), tmp_path, CPU, world=2,
+                            batch_size=4, seed=0)
+    assert len(h["val_dice"]) == 4 and h["val_dice"][:2] == ck["history"]["val_dice"]
+    said = capfd.readouterr().out
+    assert "reanudado desde" in said and "época   3/4" in said and "época   1/4" not in said
+
+
+def test_a_stop_decided_on_rank_zero_stops_every_process(UNet, demo_ds, tmp_path, capfd):
+    """The time budget is checked on rank 0; without the shared decision the others would wait forever.
+    The W&B-style `log` gets the epochs afterwards (the processes cannot reach the notebook's run)."""
+    tr, va = subsets(demo_ds)
+    rows = []
+    h = U.train_distributed(UNet(base=8), tr, va, cfg(5, time_budget_min=1e-6), tmp_path, CPU, world=2,
+                            batch_size=4, seed=0, log=rows.append)
+    assert len(h["val_dice"]) == 1
+    assert "presupuesto de 1e-06 min alcanzado tras la época 1" in capfd.readouterr().out
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["val_dice"] == h["val_dice"][0]
