@@ -756,6 +756,7 @@ class TrainConfig:
     amp: bool = True
     patience: int = 0  # early stopping: epochs without val Dice gain (0: off)
     time_budget_min: float = 0.0  # stop after the epoch that crosses it (0: no limit)
+    ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights (e.g. 0.99)
     model: dict = field(default_factory=dict)  # architecture + data settings a checkpoint must match
 
 
@@ -852,6 +853,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
         scaler.step(opt)
         scaler.update()
         sched.step()
+        if state.get("ema") is not None:
+            state["ema"].update_parameters(model)
         losses.append(loss_sum)
         dices.append(dice_per_image(torch.cat(logits) > 0, y > 0.5).mean().item())
         bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
@@ -923,14 +926,24 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
         opt, warmup_cosine(steps, max(1, int(cfg.warmup_epochs * len(train_loader)))))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and amp_dtype(device) == torch.float16)
     history: dict[str, list[float]] = {k: [] for k in ("train_loss", "val_loss", "train_dice", "val_dice", "lr")}
-    start, best, stale, state = 0, -1.0, 0, {"chunks": chunks}
+    start, best, stale, state = 0, -1.0, 0, {"chunks": chunks, "ema": None}
+    if cfg.ema_decay:  # the averaged copy is what gets validated, saved as "model" and used for inference
+        state["ema"] = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    evaluated = state["ema"].module if state["ema"] is not None else model
     last = run_dir / "last.pt"
     if resume and last.exists():
         ck = load_checkpoint(last, cfg.model)
         if ck["config"]["epochs"] != cfg.epochs:
             raise ValueError(f"{last} was made for {ck['config']['epochs']} epochs, now EPOCHS={cfg.epochs}: "
                              f"the LR schedule would not match. Use the same EPOCHS or a new RUN_DIR.")
-        model.load_state_dict(ck["model"])
+        if ck["config"].get("ema_decay", 0.0) != cfg.ema_decay:
+            raise ValueError(f"{last} was made with ema_decay={ck['config'].get('ema_decay', 0.0)}, now "
+                             f"{cfg.ema_decay}. Use the same setting or a new RUN_DIR.")
+        model.load_state_dict(ck.get("train_model", ck["model"]))
+        if state["ema"] is not None:
+            state["ema"].module.load_state_dict(ck["model"])
+            state["ema"].n_averaged.fill_(1)
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
@@ -959,15 +972,17 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
             if _any_rank(False, device):
                 break
             continue
-        va_loss, va_dice = evaluate(model, val_loader, loss_fn, device, cfg.amp)
+        va_loss, va_dice = evaluate(evaluated, val_loader, loss_fn, device, cfg.amp)
         for k, v in zip(history, (tr_loss, va_loss, tr_dice, va_dice, sched.get_last_lr()[0])):
             history[k].append(v)
         improved = va_dice > best
         best, stale = (va_dice, 0) if improved else (best, stale + 1)
-        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        ck = {"model": evaluated.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
               "scaler": scaler.state_dict(), "epoch": epoch, "best_dice": best, "stale": stale,
               "history": history, "config": asdict(cfg),
               "gpu_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0}
+        if evaluated is not model:
+            ck["train_model"] = model.state_dict()  # the raw weights, to resume training
         save_checkpoint(last, ck)
         if improved:
             save_checkpoint(run_dir / "best.pt", ck)
@@ -984,6 +999,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
             stop = True
         if (_any_rank(stop, device) if distributed else stop):
             break
+    if evaluated is not model:  # the caller's model ends as the one validated and saved
+        model.load_state_dict(evaluated.state_dict())
     return history
 
 
@@ -1250,11 +1267,13 @@ def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool = True,
-                  batch_size: int = 8, amp: bool = True) -> Iterable[tuple[int, np.ndarray]]:
+                  batch_size: int = 8, amp: bool = True,
+                  scales: Sequence[float] = (1.0,)) -> Iterable[tuple[int, np.ndarray]]:
     """Yield (index, probability map at the image's own size) for every item of a cached dataset.
 
     Logits are computed at the training size, averaged with the horizontally flipped pass when
-    `tta`, upsampled bilinearly to each image's original (H, W), and only then passed through
+    `tta` (and over the input rescaled by each of `scales`, sizes rounded to multiples of 16),
+    upsampled bilinearly to each image's original (H, W), and only then passed through
     the sigmoid, so thresholds apply at full resolution.
     """
     model.eval()
@@ -1263,21 +1282,32 @@ def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch
         idx = list(range(lo, min(lo + batch_size, len(ds))))
         x = ds.normalize(torch.stack([ds.sample(i, None)[0] for i in idx]).to(device))
         x = x.contiguous(memory_format=_memory_format(device))
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(x).float()
-            if tta:
-                logits = (logits + model(x.flip(-1)).float().flip(-1)) / 2
+        logits = sum(_scaled_logits(model, x, s, tta, device, dtype) for s in scales) / len(scales)
         for k, i in enumerate(idx):
             h, w = ds.orig_sizes[i]
             full = F.interpolate(logits[k:k + 1], size=(h, w), mode="bilinear", align_corners=False)
             yield i, torch.sigmoid(full)[0, 0].cpu().numpy()
 
 
+def _scaled_logits(model: nn.Module, x: torch.Tensor, scale: float, tta: bool, device: torch.device,
+                   dtype: torch.dtype | None) -> torch.Tensor:
+    """Logits of x resized by `scale` (and their flip when tta), brought back to x's size."""
+    size = x.shape[-1]
+    scaled = max(16, round(size * scale / 16) * 16)
+    xs = x if scaled == size else F.interpolate(x, size=(scaled, scaled), mode="bilinear", align_corners=False)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        logits = model(xs).float()
+        if tta:
+            logits = (logits + model(xs.flip(-1)).float().flip(-1)) / 2
+    return logits if scaled == size else F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def threshold_sweep(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device,
-                    thresholds: Sequence[float], tta: bool = True) -> tuple[np.ndarray, list[float]]:
+                    thresholds: Sequence[float], tta: bool = True,
+                    scales: Sequence[float] = (1.0,)) -> tuple[np.ndarray, list[float]]:
     """Per-image full-resolution Dice for each threshold (N x T) and each image's true coverage."""
     scores, coverage = np.zeros((len(ds), len(thresholds))), []
-    probs = predict_probs(model, ds, device, tta)
+    probs = predict_probs(model, ds, device, tta, scales=scales)
     for i, prob in tqdm(probs, total=len(ds), desc="evaluación a tamaño completo", leave=False):
         truth = read_mask(ds.items[i][1]).astype(bool)
         coverage.append(float(truth.mean()))

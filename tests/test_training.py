@@ -253,3 +253,34 @@ def test_forward_cost_counts_activations_and_flops():
     assert act == 4 * (8 * 16 * 16 + 2 * 32 * 32)  # in-place ReLU not counted twice
     assert gflops * 1e9 == pytest.approx(2 * 8 * 16 * 16 * 3 * 9 + 2 * 8 * 16 * 16 * 2 * 4)
     assert next(net.parameters()).device.type == "cpu"  # measured on a copy
+
+
+def test_ema_validates_and_saves_the_average_and_resumes_from_the_raw_weights(UNet, demo_ds, tmp_path):
+    tr, va = loaders(demo_ds)
+    U.seed_everything(0)
+    straight = UNet(base=8)
+    h = U.train(straight, tr, va, cfg(3, ema_decay=0.9), tmp_path / "a", CPU)
+    ck = U.load_checkpoint(tmp_path / "a" / "last.pt", {"base": 8})
+    assert set(ck["model"]) == set(ck["train_model"])
+    assert any(not torch.equal(ck["model"][k], ck["train_model"][k]) for k in ck["model"])  # an average, not a copy
+    for k, v in straight.state_dict().items():  # the caller's model ends as the averaged one
+        assert torch.equal(v, ck["model"][k])
+    U.seed_everything(0)
+    with pytest.raises(KeyboardInterrupt):
+        U.train(UNet(base=8), tr, va, cfg(3, ema_decay=0.9), tmp_path / "b", CPU, log=StopAfter(2))
+    h_resumed = U.train(UNet(base=8), tr, va, cfg(3, ema_decay=0.9), tmp_path / "b", CPU)
+    assert h_resumed["train_loss"] == pytest.approx(h["train_loss"], rel=1e-4)  # raw weights resumed
+    assert h_resumed["val_dice"][:2] == h["val_dice"][:2]
+    with pytest.raises(ValueError, match="ema_decay=0.9, now 0.0"):
+        U.train(UNet(base=8), tr, va, cfg(3), tmp_path / "b", CPU)
+
+
+def test_multiscale_prediction_averages_rescaled_passes(UNet, demo_ds):
+    model = UNet(base=8).eval()
+    ds = U.Subset(demo_ds, range(2))
+    one = dict(U.predict_probs(model, ds, CPU, tta=True))
+    same = dict(U.predict_probs(model, ds, CPU, tta=True, scales=(1.0,)))
+    multi = dict(U.predict_probs(model, ds, CPU, tta=True, scales=(0.75, 1.0, 1.25)))
+    for i in one:
+        assert np.array_equal(one[i], same[i]) and multi[i].shape == one[i].shape == ds.orig_sizes[i]
+        assert not np.allclose(multi[i], one[i]) and ((multi[i] >= 0) & (multi[i] <= 1)).all()

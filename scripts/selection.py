@@ -1,0 +1,159 @@
+"""Honest selection: train a configuration on several seeded train/validation splits of the TRAINING data
+and score it on validation only (full-size Dice, as Kaggle computes it). Test answers are never read here.
+
+    python scripts/selection.py DATA NAME --seeds 0 1 2 3 --jobs 2 [-s KEY=VALUE ...] [--ema 0.99]
+    python scripts/selection.py --summary selection/            # mean ± sd per configuration and variant
+
+Each seed changes the split (stratified by person coverage, as in the notebook), the initialisation and the
+augmentation draws. Every run evaluates several inference variants on the same trained weights (paired):
+  best       best.pt (by validation Dice at input size), flip TTA: what the notebook does
+  best_ms    best.pt, flip TTA at scales 0.75/1/1.25 of the input size
+  last       the final weights, flip TTA (with --ema: the averaged weights; last_raw: the raw ones)
+Defaults are the notebook's CPU configuration (128 px, base 16, 40 epochs, batch 4).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import utils as U  # noqa: E402
+
+U.PROGRESS_BARS = False  # one line per epoch
+
+DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4, "LR": 3e-3, "WEIGHT_DECAY": 1e-4,
+            "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.5, "VAL_FRAC": 0.15, "EMA": 0.0}
+SCALES = (0.75, 1.0, 1.25)
+
+
+def notebook_unet() -> type:
+    """The UNet class from the notebook's cells tagged `unet` (the model graders read)."""
+    ns: dict = {"torch": torch, "nn": torch.nn}
+    for cell in json.loads((ROOT / "obligatorio.ipynb").read_text())["cells"]:
+        if "unet" in cell["metadata"].get("tags", []):
+            exec("".join(cell["source"]), ns)
+    return ns["UNet"]
+
+
+def full_size_dice(model: torch.nn.Module, ds: U.Subset, scales=(1.0,)) -> list[float]:
+    """Per-image Dice at each image's own size, flip TTA, threshold 0.5."""
+    scores, _ = U.threshold_sweep(model, ds, torch.device("cpu"), [0.5], tta=True, scales=scales)
+    return scores[:, 0].tolist()
+
+
+def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
+    """Train one seed of one configuration and write its validation scores to out/NAME_sSEED.json."""
+    pairs = U.pair_files(data / "train" / "images", data / "train" / "masks")
+    full = U.CachedSegDataset(pairs, cfg["IMG_SIZE"], workers=1, progress=False)
+    coverage = U.per_image_mean(full.masks).numpy()
+    train_idx, val_idx = U.stratified_split(U.coverage_bins(coverage), cfg["VAL_FRAC"], seed)
+    full.set_stats(*U.channel_stats(full.images, index=train_idx))
+    train_ds = U.Subset(full, train_idx, U.train_transform(cfg["AUG_STRENGTH"]))
+    val_ds = U.Subset(full, val_idx)
+    U.seed_everything(seed)
+    UNet = notebook_unet()
+    model = UNet(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
+    model_cfg = {"base": cfg["BASE_CHANNELS"], "dropout": cfg["DROPOUT"], "batch_norm": cfg["BATCH_NORM"]}
+    tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"], amp=False,
+                         ema_decay=cfg["EMA"], model=model_cfg)
+    batch = cfg["BATCH_SIZE"]
+    train_loader = DataLoader(train_ds, batch, shuffle=True, drop_last=len(train_ds) > batch)
+    run_dir = out / "runs" / f"{name}_s{seed}"
+    t0 = time.time()
+    history = U.train(model, train_loader, DataLoader(val_ds, batch), tcfg, run_dir, torch.device("cpu"),
+                      resume=False)
+    minutes = (time.time() - t0) / 60
+    scores = {"last": full_size_dice(model, val_ds)}
+    if cfg["EMA"]:
+        raw = UNet(**model_cfg)
+        raw.load_state_dict(U.load_checkpoint(run_dir / "last.pt")["train_model"])
+        scores["last_raw"] = full_size_dice(raw, val_ds)
+    model.load_state_dict(U.load_checkpoint(run_dir / "best.pt")["model"])
+    scores["best"] = full_size_dice(model, val_ds)
+    scores["best_ms"] = full_size_dice(model, val_ds, SCALES)
+    result = {"name": name, "seed": seed, "config": cfg, "train_minutes": minutes, "n_val": len(val_idx),
+              "best_epoch": int(np.argmax(history["val_dice"])) + 1, "scores": scores}
+    (out / f"{name}_s{seed}.json").write_text(json.dumps(result, indent=1))
+    print(f"{name} seed {seed}: " + "  ".join(f"{k} {np.mean(v):.4f}" for k, v in scores.items())
+          + f"  ({minutes:.1f} min)", flush=True)
+
+
+def summary(out: Path) -> None:
+    """Mean ± sd over seeds of each configuration's mean validation Dice, per variant, and paired gains."""
+    runs: dict[str, list[dict]] = {}
+    for f in sorted(out.glob("*_s*.json")):
+        r = json.loads(f.read_text())
+        runs.setdefault(r["name"], []).append(r)
+    print("| configuration | seeds | variant | validation Dice, mean ± sd over seeds | gain over `best`, "
+          "paired, mean ± sd | training min |")
+    print("|---|---|---|---|---|---|")
+    for name, rs in runs.items():
+        seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+        for variant in rs[0]["scores"]:
+            means = np.array([np.mean(r["scores"][variant]) for r in rs])
+            gains = np.array([np.mean(r["scores"][variant]) - np.mean(r["scores"]["best"]) for r in rs])
+            sd = f"{means.std(ddof=1):.4f}" if len(rs) > 1 else "—"
+            gain = "—" if variant == "best" else f"{gains.mean():+.4f} ± {gains.std(ddof=1) if len(rs) > 1 else 0:.4f}"
+            minutes = np.mean([r["train_minutes"] for r in rs])
+            print(f"| {name} | {seeds} | {variant} | {means.mean():.4f} ± {sd} | {gain} | {minutes:.1f} |")
+        if "last_raw" in rs[0]["scores"]:  # the EMA's own effect: averaged vs raw final weights of the same runs
+            ema = np.array([np.mean(r["scores"]["last"]) - np.mean(r["scores"]["last_raw"]) for r in rs])
+            print(f"| {name} | {seeds} | EMA gain (last − last_raw) | | {ema.mean():+.4f} ± "
+                  f"{ema.std(ddof=1) if len(rs) > 1 else 0:.4f} | |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", nargs="?", type=Path, help="folder with train/images and train/masks")
+    ap.add_argument("name", nargs="?", help="a name for this configuration")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--jobs", type=int, default=2, help="seeds trained at once (threads are split between them)")
+    ap.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"change a setting: {', '.join(DEFAULTS)}")
+    ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off)")
+    ap.add_argument("--out", type=Path, default=ROOT / "selection")
+    ap.add_argument("--summary", type=Path, help="print the table of the results in this folder and stop")
+    ap.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.summary:
+        return summary(args.summary)
+    if args.data is None or args.name is None:
+        ap.error("DATA and NAME are needed (or --summary FOLDER)")
+    cfg = dict(DEFAULTS, EMA=args.ema)
+    for kv in args.set:
+        key, value = kv.split("=", 1)
+        if key not in DEFAULTS:
+            ap.error(f"unknown setting {key}; known: {', '.join(DEFAULTS)}")
+        default = DEFAULTS[key]
+        cfg[key] = (value == "True") if isinstance(default, bool) else type(default)(float(value))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.one_seed is not None:
+        return run_one(args.data, args.name, args.one_seed, cfg, args.out)
+    base = [sys.executable, __file__, str(args.data), args.name, "--out", str(args.out), "--ema", str(args.ema)]
+    base += [x for kv in args.set for x in ("-s", kv)]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    pending, running = list(args.seeds), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            running.append(subprocess.Popen([*base, "--one-seed", str(pending.pop(0))], env=env))
+        time.sleep(2)
+        for p in [p for p in running if p.poll() is not None]:
+            running.remove(p)
+            if p.returncode:
+                sys.exit(f"a seed failed (exit {p.returncode}): {' '.join(p.args)}")
+    summary(args.out)
+
+
+if __name__ == "__main__":
+    main()
