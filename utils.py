@@ -1054,6 +1054,8 @@ def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset, cfg: T
         finally:
             base.images, base.masks = images, masks
         (work / "payload.pkl").write_bytes(payload)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # this kernel's cached blocks (batch probe) would crowd rank 0's GPU
         chunks, started = 1, time.time()
         while True:
             failure = _run_workers(world, work, resume, chunks, per_rank, device.type)

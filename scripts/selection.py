@@ -34,6 +34,7 @@ U.PROGRESS_BARS = False  # one line per epoch
 DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4, "LR": 3e-3, "WEIGHT_DECAY": 1e-4,
             "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.5, "VAL_FRAC": 0.15, "EMA": 0.0}
 SCALES = (0.75, 1.0, 1.25)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
 
 def notebook_unet() -> type:
@@ -47,7 +48,7 @@ def notebook_unet() -> type:
 
 def full_size_dice(model: torch.nn.Module, ds: U.Subset, scales=(1.0,)) -> list[float]:
     """Per-image Dice at each image's own size, flip TTA, threshold 0.5."""
-    scores, _ = U.threshold_sweep(model, ds, torch.device("cpu"), [0.5], tta=True, scales=scales)
+    scores, _ = U.threshold_sweep(model.to(DEVICE), ds, DEVICE, [0.5], tta=True, scales=scales)
     return scores[:, 0].tolist()
 
 
@@ -64,14 +65,13 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     UNet = notebook_unet()
     model = UNet(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
     model_cfg = {"base": cfg["BASE_CHANNELS"], "dropout": cfg["DROPOUT"], "batch_norm": cfg["BATCH_NORM"]}
-    tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"], amp=False,
-                         ema_decay=cfg["EMA"], model=model_cfg)
+    tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"],
+                         amp=DEVICE.type == "cuda", ema_decay=cfg["EMA"], model=model_cfg)
     batch = cfg["BATCH_SIZE"]
     train_loader = DataLoader(train_ds, batch, shuffle=True, drop_last=len(train_ds) > batch)
     run_dir = out / "runs" / f"{name}_s{seed}"
     t0 = time.time()
-    history = U.train(model, train_loader, DataLoader(val_ds, batch), tcfg, run_dir, torch.device("cpu"),
-                      resume=False)
+    history = U.train(model, train_loader, DataLoader(val_ds, batch), tcfg, run_dir, DEVICE, resume=False)
     minutes = (time.time() - t0) / 60
     scores = {"last": full_size_dice(model, val_ds)}
     if cfg["EMA"]:

@@ -1,0 +1,29 @@
+"""scripts/selection.py: seeds on validation splits of the training data, a summary with spreads."""
+import json
+import shutil
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_root / "train", data / "train")  # no test folder at all: it must never be needed
+    out = tmp_path / "sel"
+    cmd = [sys.executable, str(ROOT / "scripts" / "selection.py"), str(data), "tiny", "--seeds", "0", "1",
+           "--jobs", "2", "--ema", "0.9", "-s", "EPOCHS=1", "-s", "IMG_SIZE=64", "-s", "BASE_CHANNELS=8",
+           "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for seed in (0, 1):
+        r = json.loads((out / f"tiny_s{seed}.json").read_text())
+        assert r["config"]["EPOCHS"] == 1 and r["config"]["IMG_SIZE"] == 64 and r["config"]["EMA"] == 0.9
+        assert set(r["scores"]) == {"best", "best_ms", "last", "last_raw"}
+        assert all(len(v) == r["n_val"] and all(0 <= d <= 1 for d in v) for v in r["scores"].values())
+    splits = [json.loads((out / f"tiny_s{s}.json").read_text())["scores"]["best"] for s in (0, 1)]
+    assert splits[0] != splits[1]  # two seeds, two different runs
+    table = run.stdout[run.stdout.index("| configuration"):]
+    assert "| tiny | 0,1 | best | " in table and "EMA gain (last − last_raw)" in table
+    bad = subprocess.run([*cmd[:4], "-s", "NOPE=1"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown setting NOPE" in bad.stderr
