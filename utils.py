@@ -1096,7 +1096,7 @@ def _free_port() -> int:
 def _run_workers(world: int, work: Path, resume: bool, chunks: int, per_rank: int, device_type: str) -> dict | None:
     """Start the processes and wait; None when all finished, else what failed: {"error", "message"}."""
     import torch.multiprocessing as mp
-    for f in work.glob("failure*.json"):  # from an earlier launch
+    for f in [*work.glob("failure*.json"), *work.glob("out*.txt")]:  # from an earlier launch
         f.unlink()
     args = (world, str(work), _free_port(), resume, chunks, per_rank, device_type)
     ctx = mp.start_processes(_ddp_worker, args=args, nprocs=world, join=False, start_method="spawn")

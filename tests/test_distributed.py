@@ -106,12 +106,30 @@ def test_nan_on_one_process_stops_all_with_the_message(UNet, demo_ds, tmp_path):
     assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-def test_oom_restarts_all_processes_with_half_the_micro_batch(UNet, demo_ds, tmp_path, capfd):
+class OOMFromEpoch2(torch.nn.Module):
+    """CUDA's OutOfMemoryError for batches larger than `limit`, from the process's 6th training forward on
+    (epoch 2 at 5 steps per epoch): a GPU that fills up mid-training."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.calls = inner, limit, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls > 5 and len(x) > self.limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def test_oom_restarts_all_processes_from_last_pt_with_half_the_micro_batch(UNet, demo_ds, tmp_path, capfd):
     tr, va = subsets(demo_ds)
-    h = U.train_distributed(OOMAbove(UNet(base=8), limit=1), tr, va, cfg(2), tmp_path, CPU, world=2, batch_size=4,
-                            seed=0)
+    h = U.train_distributed(OOMFromEpoch2(UNet(base=8), limit=1), tr, va, cfg(2), tmp_path, CPU, world=2,
+                            batch_size=4, seed=0)
     assert len(h["train_loss"]) == 2 and np.isfinite(h["train_loss"]).all()
-    assert "micro-batch reducido a 1 por proceso" in capfd.readouterr().out
+    said = capfd.readouterr().out
+    assert "micro-batch reducido a 1 por proceso" in said and "reanudado desde" in said
+    assert said.count("época   1/2") == 1 and said.count("época   2/2") == 1  # epoch 1 kept, not redone or reprinted
     with pytest.raises(torch.OutOfMemoryError, match="micro-batch already 1"):
         U.train_distributed(OOMAbove(UNet(base=8), limit=0), tr, va, cfg(1), tmp_path / "b", CPU, world=2,
                             batch_size=4, seed=0)
