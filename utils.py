@@ -885,11 +885,6 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def _rank() -> int:
-    """This process's rank under torch.distributed; 0 when training in one process."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def _to_device(x: torch.Tensor, y: torch.Tensor, loader: DataLoader,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Move a uint8 batch to the device and make it model input there (the loader's dataset knows how)."""
@@ -917,7 +912,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    distributed, rank = dist.is_available() and dist.is_initialized(), _rank()
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
     model.to(device, memory_format=_memory_format(device))
     loss_fn = DiceBCELoss(cfg.bce_weight, cfg.dice_weight)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -1017,10 +1013,6 @@ def resolve_devices(devices: int | str, device: torch.device) -> int:
     return n
 
 
-class _WorkerError(RuntimeError):
-    """A training process failed; the message says which and how to go on."""
-
-
 def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset, cfg: TrainConfig, run_dir: str | Path,
                       device: torch.device, world: int, batch_size: int, seed: int, resume: bool = True,
                       log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
@@ -1073,7 +1065,7 @@ def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset, cfg: T
             if failure.get("error") == "oom":
                 raise torch.OutOfMemoryError(f"{failure['message']} (micro-batch already 1 per process: lower "
                                              f"IMG_SIZE or BASE_CHANNELS)")
-            raise _WorkerError(f"{failure['message']}. The last complete epoch is in {last} (exists: "
+            raise RuntimeError(f"{failure['message']}. The last complete epoch is in {last} (exists: "
                                f"{last.exists()}); run the training cell again to resume from it.")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -44,6 +44,15 @@ def demo_root(tmp_path_factory) -> Path:
     return U.make_demo_dataset(tmp_path_factory.mktemp("demo"), n_train=24, n_test=6, seed=1)
 
 
+@pytest.fixture(scope="session")
+def demo_ds(demo_root) -> U.CachedSegDataset:
+    """demo_root's training pairs cached at 64 px, normalised with their own channel stats."""
+    pairs = U.pair_files(demo_root / "train" / "images", demo_root / "train" / "masks")
+    ds = U.CachedSegDataset(pairs, 64, workers=1, progress=False)
+    ds.set_stats(*U.channel_stats(ds.images))
+    return ds
+
+
 def require_shared(*parts: str) -> Path:
     """Path inside ../shared, or skip the test with the reason when it is absent."""
     path = SHARED.joinpath(*parts)

@@ -7,18 +7,10 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import U
-from test_training import SIZE, OOMAbove, cfg
+from test_training import OOMAbove, cfg
 from torch.utils.data import DataLoader, DistributedSampler
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def demo_ds(demo_root):
-    pairs = U.pair_files(demo_root / "train" / "images", demo_root / "train" / "masks")
-    ds = U.CachedSegDataset(pairs, SIZE, workers=1, progress=False)
-    ds.set_stats(*U.channel_stats(ds.images))
-    return ds
 
 
 def subsets(ds, transform=None):

@@ -8,17 +8,7 @@ import torch
 from conftest import U
 from torch.utils.data import DataLoader
 
-SIZE = 64
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def demo_ds(demo_root):
-    pairs = U.pair_files(demo_root / "train" / "images", demo_root / "train" / "masks")
-    ds = U.CachedSegDataset(pairs, SIZE, workers=1, progress=False)
-    mean, std = U.channel_stats(ds.images)
-    ds.set_stats(mean, std)
-    return ds
 
 
 def loaders(ds, shuffle=False):
