@@ -707,19 +707,39 @@ def mean_dice(preds: Iterable, truths: Iterable) -> float:
     return float(np.mean(scores))
 
 
-class DiceBCELoss(nn.Module):
-    """bce_weight * BCE + dice_weight * (1 - soft Dice per image), computed in fp32 (AMP-safe)."""
+def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Lovász hinge (Berman et al. 2018): a convex surrogate of 1 - IoU, per image, averaged over the batch."""
+    logits, target = logits.flatten(1), target.flatten(1)
+    errors = 1 - logits * (2 * target - 1)  # hinge margins: > 0 where a pixel is on the wrong side or close
+    errors, order = errors.sort(dim=1, descending=True)
+    gt = target.gather(1, order)
+    # gradient of the Lovász extension of the Jaccard loss: how 1 - IoU grows as each next pixel is added
+    jaccard = 1 - (gt.sum(1, keepdim=True) - gt.cumsum(1)) / (gt.sum(1, keepdim=True) + (1 - gt).cumsum(1))
+    grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    return (F.relu(errors) * grad).sum(1).mean()
 
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
+
+class DiceBCELoss(nn.Module):
+    """bce_weight * BCE + dice_weight * (1 - soft Dice per image) [+ lovasz_weight * Lovász hinge], in fp32."""
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
+                 lovasz_weight: float = 0.0):
         super().__init__()
         self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
+        self.lovasz_weight = lovasz_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-        p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
-        soft_dice = (2 * (p * t).sum(1) + self.smooth) / (p.sum(1) + t.sum(1) + self.smooth)
-        return self.bce_weight * bce + self.dice_weight * (1 - soft_dice.mean())
+        loss = logits.new_zeros(())
+        if self.bce_weight:
+            loss = loss + self.bce_weight * F.binary_cross_entropy_with_logits(logits, target)
+        if self.dice_weight:
+            p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
+            soft_dice = (2 * (p * t).sum(1) + self.smooth) / (p.sum(1) + t.sum(1) + self.smooth)
+            loss = loss + self.dice_weight * (1 - soft_dice.mean())
+        if self.lovasz_weight:
+            loss = loss + self.lovasz_weight * lovasz_hinge(logits, target)
+        return loss
 
 
 # --------------------------------------------------------------------------------------------
@@ -753,6 +773,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     bce_weight: float = 1.0
     dice_weight: float = 1.0
+    lovasz_weight: float = 0.0  # adds the Lovász hinge (a surrogate of per-image IoU) to the loss
+    lovasz_epochs: int = 0  # the last N epochs train on the Lovász hinge alone (a fine-tuning stage)
     amp: bool = True
     patience: int = 0  # early stopping: epochs without val Dice gain (0: off)
     time_budget_min: float = 0.0  # stop after the epoch that crosses it (0: no limit)
@@ -915,7 +937,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     model.to(device, memory_format=_memory_format(device))
-    loss_fn = DiceBCELoss(cfg.bce_weight, cfg.dice_weight)
+    loss_fn = DiceBCELoss(cfg.bce_weight, cfg.dice_weight, lovasz_weight=cfg.lovasz_weight)  # also validates
+    finetune_fn = DiceBCELoss(0.0, 0.0, lovasz_weight=1.0)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * len(train_loader)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -955,8 +978,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)  # a new shuffle, and a new shard per process, every epoch
         try:
-            tr_loss, tr_dice = train_one_epoch(net, train_loader, loss_fn, opt, sched, scaler, cfg,
-                                               device, state, epoch)
+            fn = finetune_fn if epoch >= cfg.epochs - cfg.lovasz_epochs else loss_fn
+            tr_loss, tr_dice = train_one_epoch(net, train_loader, fn, opt, sched, scaler, cfg, device, state, epoch)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}. Training stopped; the last good checkpoint is {last} "
                                    f"(exists: {last.exists()}). Lower LR or set AMP=False and resume.") from None

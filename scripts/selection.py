@@ -32,7 +32,8 @@ import utils as U  # noqa: E402
 U.PROGRESS_BARS = False  # one line per epoch
 
 DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4, "LR": 3e-3, "WEIGHT_DECAY": 1e-4,
-            "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.5, "VAL_FRAC": 0.15, "EMA": 0.0}
+            "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.5, "VAL_FRAC": 0.15, "EMA": 0.0,
+            "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0}
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
@@ -66,7 +67,9 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     model = UNet(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
     model_cfg = {"base": cfg["BASE_CHANNELS"], "dropout": cfg["DROPOUT"], "batch_norm": cfg["BATCH_NORM"]}
     tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"],
-                         amp=DEVICE.type == "cuda", ema_decay=cfg["EMA"], model=model_cfg)
+                         amp=DEVICE.type == "cuda", ema_decay=cfg["EMA"], model=model_cfg,
+                         dice_weight=cfg["DICE_WEIGHT"], lovasz_weight=cfg["LOVASZ_WEIGHT"],
+                         lovasz_epochs=cfg["LOVASZ_EPOCHS"])
     batch = cfg["BATCH_SIZE"]
     train_loader = DataLoader(train_ds, batch, shuffle=True, drop_last=len(train_ds) > batch)
     run_dir = out / "runs" / f"{name}_s{seed}"
@@ -88,28 +91,37 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
           + f"  ({minutes:.1f} min)", flush=True)
 
 
-def summary(out: Path) -> None:
+def summary(out: Path, ref: str = "base") -> None:
     """Mean ± sd over seeds of each configuration's mean validation Dice, per variant, and paired gains."""
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, dict[int, dict]] = {}
     for f in sorted(out.glob("*_s*.json")):
         r = json.loads(f.read_text())
-        runs.setdefault(r["name"], []).append(r)
-    print("| configuration | seeds | variant | validation Dice, mean ± sd over seeds | gain over `best`, "
-          "paired, mean ± sd | training min |")
-    print("|---|---|---|---|---|---|")
-    for name, rs in runs.items():
-        seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+        runs.setdefault(r["name"], {})[r["seed"]] = r
+    print(f"| configuration | seeds | variant | validation Dice, mean ± sd over seeds | gain over `best`, paired | "
+          f"gain over {ref}, paired on its seeds | training min |")
+    print("|---|---|---|---|---|---|---|")
+
+    def spread(x: np.ndarray) -> str:
+        return f"{x.mean():+.4f} ± {x.std(ddof=1) if len(x) > 1 else 0:.4f}"
+
+    for name, by_seed in runs.items():
+        rs = [by_seed[s] for s in sorted(by_seed)]
+        seeds = ",".join(str(s) for s in sorted(by_seed))
+        common = [s for s in sorted(by_seed) if s in runs.get(ref, {})]
         for variant in rs[0]["scores"]:
             means = np.array([np.mean(r["scores"][variant]) for r in rs])
             gains = np.array([np.mean(r["scores"][variant]) - np.mean(r["scores"]["best"]) for r in rs])
             sd = f"{means.std(ddof=1):.4f}" if len(rs) > 1 else "—"
-            gain = "—" if variant == "best" else f"{gains.mean():+.4f} ± {gains.std(ddof=1) if len(rs) > 1 else 0:.4f}"
+            vs_ref = "—"
+            if name != ref and common and variant in runs[ref][common[0]]["scores"]:
+                vs_ref = spread(np.array([np.mean(by_seed[s]["scores"][variant])
+                                          - np.mean(runs[ref][s]["scores"][variant]) for s in common]))
             minutes = np.mean([r["train_minutes"] for r in rs])
-            print(f"| {name} | {seeds} | {variant} | {means.mean():.4f} ± {sd} | {gain} | {minutes:.1f} |")
+            print(f"| {name} | {seeds} | {variant} | {means.mean():.4f} ± {sd} | "
+                  f"{'—' if variant == 'best' else spread(gains)} | {vs_ref} | {minutes:.1f} |")
         if "last_raw" in rs[0]["scores"]:  # the EMA's own effect: averaged vs raw final weights of the same runs
             ema = np.array([np.mean(r["scores"]["last"]) - np.mean(r["scores"]["last_raw"]) for r in rs])
-            print(f"| {name} | {seeds} | EMA gain (last − last_raw) | | {ema.mean():+.4f} ± "
-                  f"{ema.std(ddof=1) if len(rs) > 1 else 0:.4f} | |")
+            print(f"| {name} | {seeds} | EMA gain (last − last_raw) | | {spread(ema)} | | |")
 
 
 def main() -> None:
@@ -123,10 +135,11 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off)")
     ap.add_argument("--out", type=Path, default=ROOT / "selection")
     ap.add_argument("--summary", type=Path, help="print the table of the results in this folder and stop")
+    ap.add_argument("--ref", default="base", help="the configuration the paired gains compare against")
     ap.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.summary:
-        return summary(args.summary)
+        return summary(args.summary, args.ref)
     if args.data is None or args.name is None:
         ap.error("DATA and NAME are needed (or --summary FOLDER)")
     cfg = dict(DEFAULTS, EMA=args.ema)
@@ -152,7 +165,7 @@ def main() -> None:
             running.remove(p)
             if p.returncode:
                 sys.exit(f"a seed failed (exit {p.returncode}): {' '.join(p.args)}")
-    summary(args.out)
+    summary(args.out, args.ref)
 
 
 if __name__ == "__main__":

@@ -274,3 +274,14 @@ def test_multiscale_prediction_averages_rescaled_passes(UNet, demo_ds):
     for i in one:
         assert np.array_equal(one[i], same[i]) and multi[i].shape == one[i].shape == ds.orig_sizes[i]
         assert not np.allclose(multi[i], one[i]) and ((multi[i] >= 0) & (multi[i] <= 1)).all()
+
+
+def test_lovasz_stage_trains_the_last_epochs_on_the_lovasz_hinge_alone(UNet, demo_ds, tmp_path, monkeypatch):
+    calls = []
+    hinge = U.lovasz_hinge
+    monkeypatch.setattr(U, "lovasz_hinge", lambda logits, target: calls.append(len(logits)) or hinge(logits, target))
+    tr, va = loaders(demo_ds)
+    U.seed_everything(0)
+    h = U.train(UNet(base=8), tr, va, cfg(3, lovasz_epochs=1), tmp_path, CPU)
+    assert sum(calls) == len(tr.dataset)  # one pass of the training images, in the last epoch, not in validation
+    assert len(h["val_loss"]) == 3 and all(np.isfinite(h["train_loss"]))
