@@ -32,7 +32,7 @@ import utils as U  # noqa: E402
 U.PROGRESS_BARS = False  # one line per epoch
 
 DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4, "LR": 3e-3, "WEIGHT_DECAY": 1e-4,
-            "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.5, "VAL_FRAC": 0.15, "EMA": 0.0,
+            "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.25, "VAL_FRAC": 0.15, "EMA": 0.0,
             "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0}
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
@@ -91,14 +91,14 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
           + f"  ({minutes:.1f} min)", flush=True)
 
 
-def summary(out: Path, ref: str = "base") -> None:
+def summary(out: Path, ref: str | None = None) -> None:
     """Mean ± sd over seeds of each configuration's mean validation Dice, per variant, and paired gains."""
     runs: dict[str, dict[int, dict]] = {}
     for f in sorted(out.glob("*_s*.json")):
         r = json.loads(f.read_text())
         runs.setdefault(r["name"], {})[r["seed"]] = r
     print(f"| configuration | seeds | variant | validation Dice, mean ± sd over seeds | gain over `best`, paired | "
-          f"gain over {ref}, paired on its seeds | training min |")
+          f"gain over {ref or 'a --ref configuration'}, paired on its seeds | training min |")
     print("|---|---|---|---|---|---|---|")
 
     def spread(x: np.ndarray) -> str:
@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off)")
     ap.add_argument("--out", type=Path, default=ROOT / "selection")
     ap.add_argument("--summary", type=Path, help="print the table of the results in this folder and stop")
-    ap.add_argument("--ref", default="base", help="the configuration the paired gains compare against")
+    ap.add_argument("--ref", help="a configuration to compare the others against, paired by seed")
     ap.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.summary:
