@@ -105,9 +105,9 @@ def summary(out: Path, ref: str | None = None) -> None:
         return f"{x.mean():+.4f} ± {x.std(ddof=1) if len(x) > 1 else 0:.4f}"
 
     for name, by_seed in runs.items():
-        rs = [by_seed[s] for s in sorted(by_seed)]
-        seeds = ",".join(str(s) for s in sorted(by_seed))
-        common = [s for s in sorted(by_seed) if s in runs.get(ref, {})]
+        order = sorted(by_seed)
+        rs, seeds = [by_seed[s] for s in order], ",".join(map(str, order))
+        common = [s for s in order if s in runs.get(ref, {})]
         for variant in rs[0]["scores"]:
             means = np.array([np.mean(r["scores"][variant]) for r in rs])
             gains = np.array([np.mean(r["scores"][variant]) - np.mean(r["scores"]["best"]) for r in rs])
