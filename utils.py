@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import hashlib
 import importlib.util
 import io
 import json
@@ -780,6 +781,21 @@ class TrainConfig:
     time_budget_min: float = 0.0  # stop after the epoch that crosses it (0: no limit)
     ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights (e.g. 0.99)
     model: dict = field(default_factory=dict)  # architecture + data settings a checkpoint must match
+    data: dict = field(default_factory=dict)  # how batches are made (batch, augmentation, split); a resume must match
+
+
+RESUMABLE = ("amp", "patience", "time_budget_min")  # the only TrainConfig fields a resumed run may change
+
+
+def config_diff(saved: dict, now: dict) -> dict:
+    """{key: (saved value, current value)} for every key whose values differ."""
+    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+
+
+def config_tag(cfg: TrainConfig) -> str:
+    """8 hex digits naming everything that defines a run (RESUMABLE fields aside): one RUN_DIR per recipe."""
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 class TrainingDiverged(RuntimeError):
@@ -794,6 +810,25 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return f
+
+
+def ema_update_fn(decay: float) -> Callable[[list, list, torch.Tensor], None]:
+    """AveragedModel's multi_avg_fn: an EMA of the weights seen so far, bias-corrected like Adam's moments.
+
+    A plain EMA started from the first weights keeps decay**n of them after n updates (0.995: 37% after 200
+    updates, 9% after 480), so a short run's average is partly untrained. Here each new weight enters with
+    (1 - decay) / (1 - decay**m), m the number of weights averaged: the same exponential weights, normalised.
+    """
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        m = int(n) + 1  # weights in the average after this update (the first one was copied)
+        w = (1 - decay) / (1 - decay**m)
+        if torch.is_floating_point(ema[0]):
+            torch._foreach_lerp_(ema, current, w)
+        else:  # integer buffers (BatchNorm's num_batches_tracked) follow the model
+            for e, c in zip(ema, current):
+                e.copy_(c)
+    return update
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -811,9 +846,8 @@ def load_checkpoint(path: str | Path, model_config: dict | None = None) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved = state.get("config", {}).get("model", {})
     if model_config is not None and saved != model_config:
-        diff = {k: (saved.get(k), model_config.get(k)) for k in set(saved) | set(model_config)
-                if saved.get(k) != model_config.get(k)}
-        raise ValueError(f"{path} was trained with another configuration (checkpoint vs now: {diff}). "
+        raise ValueError(f"{path} was trained with another configuration (checkpoint vs now: "
+                         f"{config_diff(saved, model_config)}). "
                          f"Use the same settings, or a new RUN_DIR to train from scratch.")
     return state
 
@@ -948,21 +982,19 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
     start, best, stale, state = 0, -1.0, 0, {"chunks": chunks, "ema": None}
     if cfg.ema_decay:  # the averaged copy is what gets validated, saved as "model" and used for inference
         state["ema"] = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            model, multi_avg_fn=ema_update_fn(cfg.ema_decay), use_buffers=True)
     evaluated = state["ema"].module if state["ema"] is not None else model
     last = run_dir / "last.pt"
     if resume and last.exists():
         ck = load_checkpoint(last, cfg.model)
-        if ck["config"]["epochs"] != cfg.epochs:
-            raise ValueError(f"{last} was made for {ck['config']['epochs']} epochs, now EPOCHS={cfg.epochs}: "
-                             f"the LR schedule would not match. Use the same EPOCHS or a new RUN_DIR.")
-        if ck["config"].get("ema_decay", 0.0) != cfg.ema_decay:
-            raise ValueError(f"{last} was made with ema_decay={ck['config'].get('ema_decay', 0.0)}, now "
-                             f"{cfg.ema_decay}. Use the same setting or a new RUN_DIR.")
+        diff = {k: v for k, v in config_diff(ck["config"], asdict(cfg)).items() if k not in RESUMABLE}
+        if diff:  # the optimizer and LR schedule come back from the checkpoint: a new setting would be ignored
+            raise ValueError(f"{last} was made with other training settings (checkpoint vs now: {diff}); resuming "
+                             f"would continue the old recipe. Use the same settings, or a new RUN_DIR.")
         model.load_state_dict(ck.get("train_model", ck["model"]))
         if state["ema"] is not None:
             state["ema"].module.load_state_dict(ck["model"])
-            state["ema"].n_averaged.fill_(1)
+            state["ema"].n_averaged.fill_(ck["ema_updates"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
@@ -981,8 +1013,9 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
             fn = finetune_fn if epoch >= cfg.epochs - cfg.lovasz_epochs else loss_fn
             tr_loss, tr_dice = train_one_epoch(net, train_loader, fn, opt, sched, scaler, cfg, device, state, epoch)
         except TrainingDiverged as e:
-            raise TrainingDiverged(f"{e}. Training stopped; the last good checkpoint is {last} "
-                                   f"(exists: {last.exists()}). Lower LR or set AMP=False and resume.") from None
+            raise TrainingDiverged(f"{e}. Training stopped; the last good checkpoint is {last} (exists: "
+                                   f"{last.exists()}). Set AMP=False and resume, or lower LR and train anew in "
+                                   f"another RUN_DIR (a resumed run keeps its LR schedule).") from None
         if distributed:  # the epoch's training figures averaged over the processes' shards
             t = torch.tensor([tr_loss, tr_dice], device=device)
             dist.all_reduce(t)
@@ -1000,8 +1033,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
               "scaler": scaler.state_dict(), "epoch": epoch, "best_dice": best, "stale": stale,
               "history": history, "config": asdict(cfg),
               "gpu_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0}
-        if evaluated is not model:
-            ck["train_model"] = model.state_dict()  # the raw weights, to resume training
+        if evaluated is not model:  # the raw weights, to resume training, and the EMA's weight count
+            ck["train_model"], ck["ema_updates"] = model.state_dict(), int(state["ema"].n_averaged)
         save_checkpoint(last, ck)
         if improved:
             save_checkpoint(run_dir / "best.pt", ck)
@@ -1248,6 +1281,17 @@ def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: 
             print(f"batch {batch}: sin memoria, a la mitad")
         batch //= 2
     raise RuntimeError(f"even batch 1 does not fit at {img_size}px; lower IMG_SIZE or BASE_CHANNELS")
+
+
+MIN_STEPS_PER_EPOCH = 48  # the dev photos' 196 training images at batch 4: the batch chosen on validation
+
+
+def batch_for_data(n_train: int, cap: int, min_steps: int = MIN_STEPS_PER_EPOCH, floor: int = 4) -> int:
+    """Largest power-of-two batch <= cap that still makes min_steps updates per epoch (never below floor or cap)."""
+    batch = 1
+    while batch * 2 <= cap and (n_train // (batch * 2) >= min_steps or batch * 2 <= floor):
+        batch *= 2
+    return batch
 
 
 def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple[int, float]:

@@ -126,19 +126,23 @@ def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path
     # trained by 2 gloo processes (Kaggle's 2 GPUs' code path); they too must import the notebook's own helpers
     out = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", "DEVICES=2", env={"HOME": str(home)})
     assert out.returncode == 0, out.stderr[-3000:]
-    text = (tmp_path / "out.ipynb").read_text()
-    assert "DATOS DE DEMOSTRACI" in text and "es distinto de la copia del notebook" in text  # its own helpers won
-    assert "entrenando en 2 procesos de CPU (gloo), batch 2 por proceso, efectivo 4" in text
+    said = outputs_text(tmp_path / "out.ipynb")  # outputs only: the sources hold these words too
+    assert "DATOS DE DEMOSTRACI" in said and "es distinto de la copia del notebook" in said  # its own helpers won
+    assert "entrenando en 2 procesos de CPU (gloo), batch 2 por proceso, efectivo 4" in said
     assert U.validate_submission(tmp_path / "sub.csv", tmp_path / "data" / "demo" / "test" / "images") == 12
-    run_dir = tmp_path / "runs" / "demo_128px_b16_e2_s42"
+    (run_dir,) = (tmp_path / "runs").glob("demo_128px_b16_e2_s42_*")  # named by the recipe's tag
     assert {"best.pt", "last.pt", "curves.png"} <= {p.name for p in run_dir.iterdir()}
-    said = outputs_text(tmp_path / "out.ipynb")
     assert len(re.findall(r"^época +\d+/2 ", said, flags=re.M)) == 2 and "it/s" not in said  # one line per epoch
     check_summary(said, run_dir, tmp_path)
     again = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})  # 1 process
     assert again.returncode == 0, again.stderr[-3000:]
-    text = (tmp_path / "out.ipynb").read_text()
-    assert "reanudado desde" in text and "sub_1.csv" in text  # resumed, and the first CSV was kept
+    said = outputs_text(tmp_path / "out.ipynb")
+    assert "reanudado desde" in said and "sub_1.csv" in said  # resumed, and the first CSV was kept
+    changed = run_notebook(tmp_path, "EPOCHS=2", "AUG_STRENGTH=0.5", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    said = outputs_text(tmp_path / "out.ipynb")
+    assert "reanudado desde" not in said and "época   1/2 " in said  # another recipe: trained anew, elsewhere
+    assert len(list((tmp_path / "runs").glob("demo_128px_b16_e2_s42_*"))) == 2
 
 
 @pytest.mark.parametrize("host", ["colab", "kaggle"])

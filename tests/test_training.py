@@ -158,8 +158,30 @@ def test_checkpoint_from_another_config_is_a_clear_error(UNet, demo_ds, tmp_path
     other = U.TrainConfig(epochs=1, amp=False, model={"base": 16})
     with pytest.raises(ValueError, match="another configuration"):
         U.train(UNet(base=16), tr, va, other, tmp_path, CPU)
-    with pytest.raises(ValueError, match="EPOCHS=3"):
+    with pytest.raises(ValueError, match=r"other training settings.*'epochs': \(1, 3\)"):
         U.train(UNet(base=8), tr, va, cfg(3), tmp_path, CPU)
+
+
+def test_resume_refuses_a_changed_recipe_and_allows_the_resumable_settings(UNet, demo_ds, tmp_path, capsys):
+    tr, va = loaders(demo_ds)
+    data = {"batch_size": 4, "aug_strength": 0.25}
+    with pytest.raises(KeyboardInterrupt):
+        U.train(UNet(base=8), tr, va, cfg(3, data=data), tmp_path, CPU, log=StopAfter(1))
+    # a lower LR would be silently ignored (the optimizer and scheduler states restore the old one): refused
+    lower = U.TrainConfig(epochs=3, lr=1e-3, amp=False, warmup_epochs=0.5, model={"base": 8}, data=data)
+    with pytest.raises(ValueError, match=r"'lr': \(0.003, 0.001\).*new RUN_DIR"):
+        U.train(UNet(base=8), tr, va, lower, tmp_path, CPU)
+    with pytest.raises(ValueError, match=r"'data': \(\{.*'aug_strength': 0.25.*\}, \{.*'aug_strength': 0.5"):
+        U.train(UNet(base=8), tr, va, cfg(3, data=data | {"aug_strength": 0.5}), tmp_path, CPU)
+    assert U.config_tag(cfg(3, data=data)) != U.config_tag(cfg(3, data=data | {"aug_strength": 0.5}))
+    assert U.config_tag(lower) != U.config_tag(cfg(3, data=data))
+    # patience, time budget and AMP may change on resume (and do not change the run's name)
+    relaxed = cfg(3, data=data, patience=5, time_budget_min=60.0)
+    relaxed.amp = True
+    assert U.config_tag(relaxed) == U.config_tag(cfg(3, data=data))
+    capsys.readouterr()
+    h = U.train(UNet(base=8), tr, va, relaxed, tmp_path, CPU)
+    assert "reanudado desde" in capsys.readouterr().out and len(h["train_loss"]) == 3
 
 
 class Evil:
@@ -261,7 +283,7 @@ def test_ema_validates_and_saves_the_average_and_resumes_from_the_raw_weights(UN
     h_resumed = U.train(UNet(base=8), tr, va, cfg(3, ema_decay=0.9), tmp_path / "b", CPU)
     assert h_resumed["train_loss"] == pytest.approx(h["train_loss"], rel=1e-4)  # raw weights resumed
     assert h_resumed["val_dice"][:2] == h["val_dice"][:2]
-    with pytest.raises(ValueError, match="ema_decay=0.9, now 0.0"):
+    with pytest.raises(ValueError, match=r"'ema_decay': \(0.9, 0.0\)"):
         U.train(UNet(base=8), tr, va, cfg(3), tmp_path / "b", CPU)
 
 
@@ -285,3 +307,22 @@ def test_lovasz_stage_trains_the_last_epochs_on_the_lovasz_hinge_alone(UNet, dem
     h = U.train(UNet(base=8), tr, va, cfg(3, lovasz_epochs=1), tmp_path, CPU)
     assert sum(calls) == len(tr.dataset)  # one pass of the training images, in the last epoch, not in validation
     assert len(h["val_loss"]) == 3 and all(np.isfinite(h["train_loss"]))
+
+
+def test_ema_is_the_normalised_exponential_average_of_the_weights_seen():
+    decay, xs = 0.9, [3.0, -1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
+    net = torch.nn.Linear(1, 1, bias=False)
+    avg = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=U.ema_update_fn(decay), use_buffers=True)
+    for m, x in enumerate(xs, start=1):
+        net.weight.data.fill_(x)
+        avg.update_parameters(net)
+        w = np.array([decay ** (m - k) for k in range(1, m + 1)])
+        assert avg.module.weight.item() == pytest.approx((w * xs[:m]).sum() / w.sum())  # normalised from the start
+
+
+def test_auto_batch_keeps_enough_updates_per_epoch():
+    assert U.batch_for_data(196, 16) == 4  # dev photos: 49 updates per epoch instead of 12
+    assert U.batch_for_data(400, 16) == 8  # 50 per epoch
+    assert U.batch_for_data(1813, 16) == 16 and U.batch_for_data(1813, 8) == 8  # competition: memory decides
+    assert U.batch_for_data(40, 16) == 4  # tiny data: the floor
+    assert U.batch_for_data(40, 2) == 2 and U.batch_for_data(5000, 1) == 1  # never more than fits
