@@ -3,6 +3,7 @@ and score it on validation only (full-size Dice, as Kaggle computes it). Test an
 
     python scripts/selection.py DATA NAME --seeds 0 1 2 3 --jobs 2 [-s KEY=VALUE ...] [--ema 0.99]
     python scripts/selection.py --summary selection/            # mean ± sd per configuration and variant
+    python scripts/selection.py DATA --ensemble A B --seeds 0 1  # A's and B's best.pt and their average
 
 Each seed changes the split (stratified by person coverage, as in the notebook), the initialisation and the
 augmentation draws. Every run evaluates several inference variants on the same trained weights (paired):
@@ -53,15 +54,19 @@ def full_size_dice(model: torch.nn.Module, ds: U.Subset, scales=(1.0,)) -> list[
     return scores[:, 0].tolist()
 
 
-def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
-    """Train one seed of one configuration and write its validation scores to out/NAME_sSEED.json."""
+def split(data: Path, cfg: dict, seed: int) -> tuple[U.Subset, U.Subset]:
+    """The notebook's stratified train/validation split of DATA's training photos for this seed."""
     pairs = U.pair_files(data / "train" / "images", data / "train" / "masks")
     full = U.CachedSegDataset(pairs, cfg["IMG_SIZE"], workers=1, progress=False)
     coverage = U.per_image_mean(full.masks).numpy()
     train_idx, val_idx = U.stratified_split(U.coverage_bins(coverage), cfg["VAL_FRAC"], seed)
     full.set_stats(*U.channel_stats(full.images, index=train_idx))
-    train_ds = U.Subset(full, train_idx, U.train_transform(cfg["AUG_STRENGTH"]))
-    val_ds = U.Subset(full, val_idx)
+    return U.Subset(full, train_idx, U.train_transform(cfg["AUG_STRENGTH"])), U.Subset(full, val_idx)
+
+
+def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
+    """Train one seed of one configuration and write its validation scores to out/NAME_sSEED.json."""
+    train_ds, val_ds = split(data, cfg, seed)
     U.seed_everything(seed)
     UNet = notebook_unet()
     model = UNet(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
@@ -84,11 +89,35 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     model.load_state_dict(U.load_checkpoint(run_dir / "best.pt")["model"])
     scores["best"] = full_size_dice(model, val_ds)
     scores["best_ms"] = full_size_dice(model, val_ds, SCALES)
-    result = {"name": name, "seed": seed, "config": cfg, "train_minutes": minutes, "n_val": len(val_idx),
+    result = {"name": name, "seed": seed, "config": cfg, "train_minutes": minutes, "n_val": len(val_ds),
               "best_epoch": int(np.argmax(history["val_dice"])) + 1, "scores": scores}
     (out / f"{name}_s{seed}.json").write_text(json.dumps(result, indent=1))
     print(f"{name} seed {seed}: " + "  ".join(f"{k} {np.mean(v):.4f}" for k, v in scores.items())
           + f"  ({minutes:.1f} min)", flush=True)
+
+
+def ensemble(data: Path, names: list[str], seeds: list[int], out: Path) -> None:
+    """Validation Dice of each configuration's best.pt and of their average (probabilities), paired by seed."""
+    UNet = notebook_unet()
+    rows = []
+    for seed in seeds:
+        cfgs = [json.loads((out / f"{n}_s{seed}.json").read_text())["config"] for n in names]
+        _, val_ds = split(data, cfgs[0], seed)  # same split for every configuration of this seed
+        probs = []
+        for n, cfg in zip(names, cfgs):
+            model = UNet(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
+            model.load_state_dict(U.load_checkpoint(out / "runs" / f"{n}_s{seed}" / "best.pt")["model"])
+            probs.append([p for _, p in U.predict_probs(model.to(DEVICE), val_ds, DEVICE, tta=True)])
+        truths = [U.read_mask(val_ds.items[i][1]).astype(bool) for i in range(len(val_ds))]
+        one = [np.mean([U.dice_score(p > 0.5, t) for p, t in zip(ps, truths)]) for ps in probs]
+        avg = np.mean([U.dice_score(np.mean(ps, 0) > 0.5, t) for *ps, t in zip(*probs, truths)])
+        rows.append([*one, avg])
+        print(f"seed {seed}: " + "  ".join(f"{n} {d:.4f}" for n, d in zip(names, one)) + f"  average {avg:.4f}")
+    r = np.array(rows)
+    sd = r.std(0, ddof=1) if len(r) > 1 else np.zeros(r.shape[1])
+    print("mean: " + "  ".join(f"{n} {m:.4f} ± {d:.4f}" for n, m, d in zip([*names, "average"], r.mean(0), sd)))
+    for what, gain in ((names[0], r[:, -1] - r[:, 0]), ("the better single model", r[:, -1] - r[:, :-1].max(1))):
+        print(f"average minus {what}, paired: {gain.mean():+.4f} ± {gain.std(ddof=1) if len(gain) > 1 else 0:.4f}")
 
 
 def summary(out: Path, ref: str | None = None) -> None:
@@ -136,10 +165,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "selection")
     ap.add_argument("--summary", type=Path, help="print the table of the results in this folder and stop")
     ap.add_argument("--ref", help="a configuration to compare the others against, paired by seed")
+    ap.add_argument("--ensemble", nargs="+", metavar="NAME",
+                    help="score these trained configurations and their average on each seed's validation, then stop")
     ap.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.summary:
         return summary(args.summary, args.ref)
+    if args.ensemble:
+        if args.data is None:
+            ap.error("DATA is needed with --ensemble")
+        return ensemble(args.data, args.ensemble, args.seeds, args.out)
     if args.data is None or args.name is None:
         ap.error("DATA and NAME are needed (or --summary FOLDER)")
     cfg = dict(DEFAULTS, EMA=args.ema)

@@ -27,3 +27,11 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     assert "| tiny | 0,1 | best | " in table and "EMA gain (last − last_raw)" in table
     bad = subprocess.run([*cmd[:4], "-s", "NOPE=1"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown setting NOPE" in bad.stderr
+    # --ensemble rebuilds each seed's split: a model's own score comes back, and averaging it with itself is a no-op
+    ens = subprocess.run([*cmd[:3], "--ensemble", "tiny", "tiny", "--seeds", "0", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert ens.returncode == 0, ens.stderr[-2000:]
+    for seed, scores in zip((0, 1), splits):
+        d = f"{sum(scores) / len(scores):.4f}"
+        assert f"seed {seed}: tiny {d}  tiny {d}  average {d}" in ens.stdout
+    assert "average minus tiny, paired: +0.0000 ± 0.0000" in ens.stdout
