@@ -776,6 +776,8 @@ class TrainConfig:
     dice_weight: float = 1.0
     lovasz_weight: float = 0.0  # adds the Lovász hinge (a surrogate of per-image IoU) to the loss
     lovasz_epochs: int = 0  # the last N epochs train on the Lovász hinge alone (a fine-tuning stage)
+    low_res: int = 0  # progressive resizing: the first low_res_epochs train on batches downscaled to this side
+    low_res_epochs: int = 0
     amp: bool = True
     patience: int = 0  # early stopping: epochs without val Dice gain (0: off)
     time_budget_min: float = 0.0  # stop after the epoch that crosses it (0: no limit)
@@ -873,6 +875,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
     bar = tqdm(loader, desc=f"época {epoch + 1}/{cfg.epochs}, entrenamiento", leave=False)
     for step, (x, y) in enumerate(bar):
         x, y = _to_device(x, y, loader, device)
+        if cfg.low_res and epoch < cfg.low_res_epochs:
+            x, y = downscale(x, y, cfg.low_res)
         while True:
             try:
                 opt.zero_grad(set_to_none=True)
@@ -946,6 +950,12 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, loader: DataLoader,
     """Move a uint8 batch to the device and make it model input there (the loader's dataset knows how)."""
     x, y = loader.dataset.to_input(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
     return x.contiguous(memory_format=_memory_format(device)), y
+
+
+def downscale(x: torch.Tensor, y: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A model-input batch shrunk to size x size: images antialiased bilinear, masks area-averaged (soft 0-1)."""
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.contiguous(memory_format=_memory_format(x.device)), F.interpolate(y, size=(size, size), mode="area")
 
 
 def _memory_format(device: torch.device) -> torch.memory_format:

@@ -326,3 +326,30 @@ def test_auto_batch_keeps_enough_updates_per_epoch():
     assert U.batch_for_data(1813, 16) == 16 and U.batch_for_data(1813, 8) == 8  # competition: memory decides
     assert U.batch_for_data(40, 16) == 4  # tiny data: the floor
     assert U.batch_for_data(40, 2) == 2 and U.batch_for_data(5000, 1) == 1  # never more than fits
+
+
+def test_downscale_keeps_the_picture_and_the_person_share():
+    x = torch.rand(2, 3, 32, 32)
+    y = torch.zeros(2, 1, 32, 32)
+    y[0, :, 8:24, 4:20] = 1
+    xs, ys = U.downscale(x, y, 16)
+    assert xs.shape == (2, 3, 16, 16) and ys.shape == (2, 1, 16, 16)
+    assert torch.allclose(xs.mean((2, 3)), x.mean((2, 3)), atol=1e-3)  # antialiased: the average colour stays
+    assert torch.allclose(ys.mean((2, 3)), y.mean((2, 3)))  # area-averaged masks keep each image's coverage
+    assert ys[0, 0, 4:12, 2:10].eq(1).all() and ys[1].eq(0).all()
+
+
+def test_progressive_resizing_trains_the_first_epochs_small_and_validates_at_full_size(UNet, demo_ds, tmp_path):
+    tr, va = loaders(demo_ds)
+    model = UNet(base=8)
+    sizes = []  # (training?, side) of every batch the model sees
+    model.register_forward_pre_hook(lambda m, args: sizes.append((m.training, args[0].shape[-1])))
+    U.seed_everything(0)
+    h = U.train(model, tr, va, cfg(3, low_res=32, low_res_epochs=2), tmp_path, CPU)
+    side = demo_ds.size
+    per_epoch = len(tr) + len(va)
+    for epoch in range(3):
+        seen = sizes[epoch * per_epoch:(epoch + 1) * per_epoch]
+        assert seen[:len(tr)] == [(True, 32 if epoch < 2 else side)] * len(tr)
+        assert seen[len(tr):] == [(False, side)] * len(va)
+    assert all(np.isfinite(h["train_loss"]))
