@@ -35,7 +35,7 @@ U.PROGRESS_BARS = False  # one line per epoch
 DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4, "LR": 3e-3, "WEIGHT_DECAY": 1e-4,
             "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.25, "VAL_FRAC": 0.15, "EMA": 0.0,
             "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
-            "LOW_RES": 0, "LOW_RES_EPOCHS": 0}
+            "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0}
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
@@ -61,6 +61,10 @@ def split(data: Path, cfg: dict, seed: int) -> tuple[U.Subset, U.Subset]:
     full = U.CachedSegDataset(pairs, cfg["IMG_SIZE"], workers=1, progress=False)
     coverage = U.per_image_mean(full.masks).numpy()
     train_idx, val_idx = U.stratified_split(U.coverage_bins(coverage), cfg["VAL_FRAC"], seed)
+    if cfg.get("TRAIN_FRAC", 1.0) < 1:  # a learning-curve point: the same validation images, fewer training ones
+        strata = U.coverage_bins(coverage)
+        kept, _ = U.stratified_split([strata[i] for i in train_idx], 1 - cfg["TRAIN_FRAC"], seed)
+        train_idx = [train_idx[i] for i in kept]
     full.set_stats(*U.channel_stats(full.images, index=train_idx))
     return U.Subset(full, train_idx, U.train_transform(cfg["AUG_STRENGTH"])), U.Subset(full, val_idx)
 

@@ -35,3 +35,15 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
         d = f"{sum(scores) / len(scores):.4f}"
         assert f"seed {seed}: tiny {d}  tiny {d}  average {d}" in ens.stdout
     assert "average minus tiny, paired: +0.0000 ± 0.0000" in ens.stdout
+
+
+def test_train_frac_shrinks_training_and_keeps_the_validation_images(demo_root):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import selection
+
+    cfg = dict(selection.DEFAULTS, IMG_SIZE=32)
+    train, val = selection.split(demo_root, cfg, 0)
+    small_train, small_val = selection.split(demo_root, dict(cfg, TRAIN_FRAC=0.5), 0)
+    assert small_val.indices == val.indices  # the same images score both
+    assert set(small_train.indices) < set(train.indices)
+    assert abs(len(small_train) - len(train) / 2) <= 4  # rounded per coverage stratum
