@@ -60,9 +60,9 @@ def split(data: Path, cfg: dict, seed: int) -> tuple[U.Subset, U.Subset]:
     pairs = U.pair_files(data / "train" / "images", data / "train" / "masks")
     full = U.CachedSegDataset(pairs, cfg["IMG_SIZE"], workers=1, progress=False)
     coverage = U.per_image_mean(full.masks).numpy()
-    train_idx, val_idx = U.stratified_split(U.coverage_bins(coverage), cfg["VAL_FRAC"], seed)
-    if cfg.get("TRAIN_FRAC", 1.0) < 1:  # a learning-curve point: the same validation images, fewer training ones
-        strata = U.coverage_bins(coverage)
+    strata = U.coverage_bins(coverage)
+    train_idx, val_idx = U.stratified_split(strata, cfg["VAL_FRAC"], seed)
+    if cfg.get("TRAIN_FRAC", 1.0) < 1:  # a learning-curve point (older result files lack the key: --ensemble)
         kept, _ = U.stratified_split([strata[i] for i in train_idx], 1 - cfg["TRAIN_FRAC"], seed)
         train_idx = [train_idx[i] for i in kept]
     full.set_stats(*U.channel_stats(full.images, index=train_idx))
@@ -79,8 +79,8 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"],
                          amp=DEVICE.type == "cuda", ema_decay=cfg["EMA"], model=model_cfg,
                          dice_weight=cfg["DICE_WEIGHT"], lovasz_weight=cfg["LOVASZ_WEIGHT"],
-                         lovasz_epochs=cfg["LOVASZ_EPOCHS"], low_res=cfg.get("LOW_RES", 0),
-                         low_res_epochs=cfg.get("LOW_RES_EPOCHS", 0))
+                         lovasz_epochs=cfg["LOVASZ_EPOCHS"], low_res=cfg["LOW_RES"],
+                         low_res_epochs=cfg["LOW_RES_EPOCHS"])
     batch = cfg["BATCH_SIZE"]
     train_loader = DataLoader(train_ds, batch, shuffle=True, drop_last=len(train_ds) > batch)
     run_dir = out / "runs" / f"{name}_s{seed}"
