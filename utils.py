@@ -964,7 +964,7 @@ def _memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
-def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg: TrainConfig,
+def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, cfg: TrainConfig,
           run_dir: str | Path, device: torch.device, resume: bool = True,
           log: Callable[[dict], None] | None = None, chunks: int = 1) -> dict[str, list[float]]:
     """Train with AdamW + warm-up/cosine LR, AMP, clipping, early stopping and checkpoints.
@@ -972,11 +972,15 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
     The loaders' datasets (CachedSegDataset / Subset) yield uint8 batches and normalise them on
     the device. Writes run_dir/last.pt after every epoch and run_dir/best.pt when validation Dice improves.
     With resume=True and a last.pt present, continues from the epoch after it. Returns the
-    history: train/val loss and Dice and the LR, one value per epoch. `chunks` > 1 starts with
+    history: train/val loss and Dice and the LR, one value per epoch. With val_loader=None (the final fit on
+    every labelled image) nothing is validated: the val figures are NaN, no best.pt is written, and the model
+    ends with the last epoch's weights (the EMA's, if on). `chunks` > 1 starts with
     micro-batches (gradient accumulation). Under torch.distributed (see train_distributed) each
     process runs this loop on its shard of the data; rank 0 alone validates, prints and writes,
     and its stop decisions reach every process.
     """
+    if val_loader is None and cfg.patience:
+        raise ValueError(f"patience={cfg.patience} needs validation data: with val_loader=None use patience=0")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     distributed = dist.is_available() and dist.is_initialized()
@@ -1035,7 +1039,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
             if _any_rank(False, device):
                 break
             continue
-        va_loss, va_dice = evaluate(evaluated, val_loader, loss_fn, device, cfg.amp)
+        va_loss, va_dice = (math.nan, math.nan) if val_loader is None else evaluate(
+            evaluated, val_loader, loss_fn, device, cfg.amp)
         for k, v in zip(history, (tr_loss, va_loss, tr_dice, va_dice, sched.get_last_lr()[0])):
             history[k].append(v)
         improved = va_dice > best
@@ -1049,8 +1054,12 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cf
         save_checkpoint(last, ck)
         if improved:
             save_checkpoint(run_dir / "best.pt", ck)
-        print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}/{va_loss:.4f} (entr./val.)  "
-              f"Dice {tr_dice:.4f}/{va_dice:.4f}  LR {history['lr'][-1]:.2e}{'  *mejor*' if improved else ''}")
+        if val_loader is None:
+            print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}  Dice {tr_dice:.4f} (entrenamiento, "
+                  f"sin validación)  LR {history['lr'][-1]:.2e}")
+        else:
+            print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}/{va_loss:.4f} (entr./val.)  "
+                  f"Dice {tr_dice:.4f}/{va_dice:.4f}  LR {history['lr'][-1]:.2e}{'  *mejor*' if improved else ''}")
         if log is not None:
             log({k: v[-1] for k, v in history.items()} | {"epoch": epoch + 1})
         stop = False
@@ -1080,9 +1089,9 @@ def resolve_devices(devices: int | str, device: torch.device) -> int:
     return n
 
 
-def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset, cfg: TrainConfig, run_dir: str | Path,
-                      device: torch.device, world: int, batch_size: int, seed: int, resume: bool = True,
-                      log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
+def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset | None, cfg: TrainConfig,
+                      run_dir: str | Path, device: torch.device, world: int, batch_size: int, seed: int,
+                      resume: bool = True, log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
     """`train` in `world` processes under DistributedDataParallel (NCCL on GPUs, gloo on CPU); same results contract.
 
     `batch_size` is the global batch (the optimizer's), split evenly: batch_size / world per process, so the
@@ -1092,7 +1101,8 @@ def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset, cfg: T
     file. Each process shuffles its own shard every epoch (DistributedSampler, seeded); BatchNorm is
     synchronised on GPUs (PyTorch's SyncBatchNorm has no CPU kernel). Rank 0 validates and writes the
     checkpoints. A CUDA OOM on any process restarts all of them from last.pt with micro-batches half the
-    size. On return `model` holds the last epoch's weights; `log` is fed the history afterwards.
+    size. On return `model` holds the last epoch's weights; `log` is fed the history afterwards. val_ds=None: no
+    validation (the final fit, see `train`).
     """
     ensure_installed("cloudpickle", "cloudpickle>=2.2")
     import cloudpickle
@@ -1211,7 +1221,7 @@ def _ddp_worker(rank: int, world: int, work: str, port: int, resume: bool, chunk
         sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed)
         train_loader = DataLoader(train_ds, per_rank, sampler=sampler, drop_last=len(sampler) > per_rank,
                                   pin_memory=cuda)
-        val_loader = DataLoader(val_ds, per_rank * world, pin_memory=cuda)
+        val_loader = None if val_ds is None else DataLoader(val_ds, per_rank * world, pin_memory=cuda)
         if rank == 0:
             print(f"entrenando en {world} {'GPUs' if cuda else 'procesos de CPU (gloo)'}, batch {per_rank} por "
                   f"{'GPU' if cuda else 'proceso'}, efectivo {per_rank * world}")

@@ -13,7 +13,7 @@ from conftest import NOTEBOOK, ROOT, U, notebook_cells
 from fakes import make_fake_colab
 
 PARAMS = ["DATA_DIR", "RUN_DIR", "SUBMISSION_PATH", "IMG_SIZE", "BATCH_SIZE", "EPOCHS", "BASE_CHANNELS", "SEED",
-          "DEVICES"]
+          "DEVICES", "FINAL_FIT"]
 
 
 def test_one_parameters_cell_with_the_documented_names():
@@ -107,6 +107,7 @@ def check_summary(said: str, run_dir: Path, work: Path) -> None:
     assert s["TTA de volteo"] == f"sí (aporte {full[2]})"
     assert s["umbral"] == re.search(r"-> se usa ([\d.]+)", said)[1]
     assert s["CSV"] == "sub.csv" and (work / "sub.csv").exists()
+    assert re.fullmatch(r"final \(8\): 48 imágenes, 2 épocas, [\d.]+ min", s["modelo del CSV"])
 
 
 def run_notebook(tmp_path, *params: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -132,12 +133,19 @@ def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path
     assert U.validate_submission(tmp_path / "sub.csv", tmp_path / "data" / "demo" / "test" / "images") == 12
     (run_dir,) = (tmp_path / "runs").glob("demo_128px_b16_e2_s42_*")  # named by the recipe's tag
     assert {"best.pt", "last.pt", "curves.png"} <= {p.name for p in run_dir.iterdir()}
-    assert len(re.findall(r"^época +\d+/2 ", said, flags=re.M)) == 2 and "it/s" not in said  # one line per epoch
+    final = torch.load(run_dir / "final" / "last.pt", weights_only=False)  # the final fit (8), on all 48 images
+    assert final["config"]["data"]["n_train"] == 48 and final["config"]["data"]["final_fit"]
+    assert final["epoch"] == 1 and "modelo final: 48 imágenes" in said
+    epochs = re.findall(r"^época +\d+/2 .*", said, flags=re.M)  # one line per epoch: validated run, then final fit
+    assert len(epochs) == 4 and "it/s" not in said and all("sin validación" in e for e in epochs[2:])
     check_summary(said, run_dir, tmp_path)
-    again = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})  # 1 process
+    again = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", "FINAL_FIT=False",
+                         env={"HOME": str(home)})  # 1 process
     assert again.returncode == 0, again.stderr[-3000:]
     said = outputs_text(tmp_path / "out.ipynb")
     assert "reanudado desde" in said and "sub_1.csv" in said  # resumed, and the first CSV was kept
+    assert summary_of(said)["modelo del CSV"] == "el validado (best.pt)"
+    assert (tmp_path / "sub_1.csv").read_text() != (tmp_path / "sub.csv").read_text()  # the final model wrote sub.csv
     changed = run_notebook(tmp_path, "EPOCHS=2", "AUG_STRENGTH=0.5", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})
     assert changed.returncode == 0, changed.stderr[-3000:]
     said = outputs_text(tmp_path / "out.ipynb")

@@ -355,3 +355,32 @@ def test_progressive_resizing_trains_the_first_epochs_small_and_validates_at_ful
         assert seen[:len(tr)] == [(True, 32 if epoch < 2 else side)] * len(tr)
         assert seen[len(tr):] == [(False, side)] * len(va)
     assert all(np.isfinite(h["train_loss"]))
+
+
+def test_final_fit_without_validation_follows_the_same_recipe_and_keeps_the_last_weights(UNet, demo_ds, tmp_path):
+    tr, va = loaders(demo_ds)
+    U.seed_everything(0)
+    validated = UNet(base=8)
+    U.train(validated, tr, va, cfg(3), tmp_path / "val", CPU)
+    validated_last = U.load_checkpoint(tmp_path / "val" / "last.pt")["model"]
+    U.seed_everything(0)
+    final = UNet(base=8)
+    modes = []  # training? flag of every forward pass
+    final.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+    h = U.train(final, tr, None, cfg(3), tmp_path / "final", CPU)
+    assert modes == [True] * 3 * len(tr)  # nothing is evaluated
+    assert len(h["train_loss"]) == 3 and all(np.isfinite(h["train_loss"])) and all(np.isnan(h["val_dice"]))
+    assert {p.name for p in (tmp_path / "final").iterdir()} == {"last.pt"}  # no "best" without validation
+    ck = U.load_checkpoint(tmp_path / "final" / "last.pt", {"base": 8})
+    for k, v in final.state_dict().items():  # the model ends with the last epoch's weights...
+        assert torch.equal(v, ck["model"][k])
+        assert torch.equal(v, validated_last[k])  # ...the very ones the validated run trained (same data here)
+    U.seed_everything(0)
+    with pytest.raises(KeyboardInterrupt):
+        U.train(UNet(base=8), tr, None, cfg(3), tmp_path / "again", CPU, log=StopAfter(2))
+    resumed = UNet(base=8)
+    U.train(resumed, tr, None, cfg(3), tmp_path / "again", CPU)
+    for a, b in zip(final.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+    with pytest.raises(ValueError, match="patience=2 needs validation data"):
+        U.train(UNet(base=8), tr, None, cfg(3, patience=2), tmp_path / "p", CPU)
