@@ -4,6 +4,7 @@ and score it on validation only (full-size Dice, as Kaggle computes it). Test an
     python scripts/selection.py DATA NAME --seeds 0 1 2 3 --jobs 2 [-s KEY=VALUE ...] [--ema 0.99]
     python scripts/selection.py --summary selection/            # mean ± sd per configuration and variant
     python scripts/selection.py DATA --ensemble A B --seeds 0 1  # A's and B's best.pt and their average
+    python scripts/selection.py --summary selection/ --pair A:last_raw B:best  # one variant against another
 
 Each seed changes the split (stratified by person coverage, as in the notebook), the initialisation and the
 augmentation draws. Every run evaluates several inference variants on the same trained weights (paired):
@@ -126,12 +127,41 @@ def ensemble(data: Path, names: list[str], seeds: list[int], out: Path) -> None:
         print(f"average minus {what}, paired: {gain.mean():+.4f} ± {gain.std(ddof=1) if len(gain) > 1 else 0:.4f}")
 
 
-def summary(out: Path, ref: str | None = None) -> None:
-    """Mean ± sd over seeds of each configuration's mean validation Dice, per variant, and paired gains."""
+def load_results(out: Path) -> dict[str, dict[int, dict]]:
+    """{configuration: {seed: result}} of the result files in a folder."""
     runs: dict[str, dict[int, dict]] = {}
     for f in sorted(out.glob("*_s*.json")):
         r = json.loads(f.read_text())
         runs.setdefault(r["name"], {})[r["seed"]] = r
+    return runs
+
+
+def pair(out: Path, a: str, b: str) -> np.ndarray:
+    """Per-seed gain of CONFIG:VARIANT a over b, on the seeds both have: the same validation images, so paired.
+
+    E.g. the final fit's case: the final weights of a run on all training images against the best epoch of a
+    run on fewer (`-s TRAIN_FRAC`); both score each seed's same validation images.
+    """
+    runs = load_results(out)
+    (name_a, var_a), (name_b, var_b) = (x.split(":", 1) for x in (a, b))
+    seeds = sorted(set(runs.get(name_a, {})) & set(runs.get(name_b, {})))
+    if not seeds:
+        sys.exit(f"{out}: no seed has results for both {name_a} and {name_b}")
+    gains = []
+    for s in seeds:
+        ra, rb = runs[name_a][s], runs[name_b][s]
+        if ra["config"]["VAL_FRAC"] != rb["config"]["VAL_FRAC"] or ra["n_val"] != rb["n_val"]:
+            sys.exit(f"seed {s}: {name_a} and {name_b} were validated on different images: not a paired comparison")
+        gains.append(np.mean(ra["scores"][var_a]) - np.mean(rb["scores"][var_b]))
+    g = np.array(gains)
+    print(f"{a} minus {b}, paired on seeds {','.join(map(str, seeds))}: " + ", ".join(f"{x:+.4f}" for x in g)
+          + f"; mean {g.mean():+.4f} ± {g.std(ddof=1) if len(g) > 1 else 0:.4f}")
+    return g
+
+
+def summary(out: Path, ref: str | None = None) -> None:
+    """Mean ± sd over seeds of each configuration's mean validation Dice, per variant, and paired gains."""
+    runs = load_results(out)
     print(f"| configuration | seeds | variant | validation Dice, mean ± sd over seeds | gain over `best`, paired | "
           f"gain over {ref or 'a --ref configuration'}, paired on its seeds | training min |")
     print("|---|---|---|---|---|---|---|")
@@ -171,11 +201,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "selection")
     ap.add_argument("--summary", type=Path, help="print the table of the results in this folder and stop")
     ap.add_argument("--ref", help="a configuration to compare the others against, paired by seed")
+    ap.add_argument("--pair", nargs=2, metavar=("A:VARIANT", "B:VARIANT"),
+                    help="with --summary: only the paired gain of one configuration's variant over another's")
     ap.add_argument("--ensemble", nargs="+", metavar="NAME",
                     help="score these trained configurations and their average on each seed's validation, then stop")
     ap.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.summary:
+        if args.pair:
+            return pair(args.summary, *args.pair)
         return summary(args.summary, args.ref)
     if args.ensemble:
         if args.data is None:

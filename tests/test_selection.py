@@ -35,6 +35,17 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
         d = f"{sum(scores) / len(scores):.4f}"
         assert f"seed {seed}: tiny {d}  tiny {d}  average {d}" in ens.stdout
     assert "average minus tiny, paired: +0.0000 ± 0.0000" in ens.stdout
+    # --pair: one configuration's variant against another's, seed by seed
+    pair = [*cmd[:2], "--summary", str(out), "--pair", "tiny:last", "tiny:best"]
+    said = subprocess.run(pair, capture_output=True, text=True, check=True).stdout
+    rs = [json.loads((out / f"tiny_s{s}.json").read_text())["scores"] for s in (0, 1)]
+    gains = [sum(r["last"]) / len(r["last"]) - sum(r["best"]) / len(r["best"]) for r in rs]
+    assert f"paired on seeds 0,1: {gains[0]:+.4f}, {gains[1]:+.4f}; mean {sum(gains) / 2:+.4f}" in said
+    other = json.loads((out / "tiny_s0.json").read_text())
+    other.update(name="other", config={**other["config"], "VAL_FRAC": 0.3})
+    (out / "other_s0.json").write_text(json.dumps(other))
+    bad = subprocess.run([*pair[:-2], "tiny:best", "other:best"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "validated on different images" in bad.stderr
 
 
 def test_train_frac_shrinks_training_and_keeps_the_validation_images(demo_root):
