@@ -1015,7 +1015,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
         scaler.load_state_dict(ck["scaler"])
         start, best, stale, history = ck["epoch"] + 1, ck["best_dice"], ck["stale"], ck["history"]
         if rank == 0:
-            print(f"reanudado desde {last}: {start} épocas hechas, mejor Dice de validación {best:.4f}")
+            print(f"reanudado desde {last}: {start} épocas hechas"
+                  + ("" if val_loader is None else f", mejor Dice de validación {best:.4f}"))
     net = model
     if distributed:  # after loading: DDP starts by copying rank 0's weights to every process
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)

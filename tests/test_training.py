@@ -357,7 +357,8 @@ def test_progressive_resizing_trains_the_first_epochs_small_and_validates_at_ful
     assert all(np.isfinite(h["train_loss"]))
 
 
-def test_final_fit_without_validation_follows_the_same_recipe_and_keeps_the_last_weights(UNet, demo_ds, tmp_path):
+def test_final_fit_without_validation_follows_the_same_recipe_and_keeps_the_last_weights(UNet, demo_ds, tmp_path,
+                                                                                         capsys):
     tr, va = loaders(demo_ds)
     U.seed_everything(0)
     validated = UNet(base=8)
@@ -379,7 +380,10 @@ def test_final_fit_without_validation_follows_the_same_recipe_and_keeps_the_last
     with pytest.raises(KeyboardInterrupt):
         U.train(UNet(base=8), tr, None, cfg(3), tmp_path / "again", CPU, log=StopAfter(2))
     resumed = UNet(base=8)
+    capsys.readouterr()
     U.train(resumed, tr, None, cfg(3), tmp_path / "again", CPU)
+    said = capsys.readouterr().out
+    assert "reanudado desde" in said and "2 épocas hechas\n" in said  # no "best validation Dice" where none exists
     for a, b in zip(final.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
     with pytest.raises(ValueError, match="patience=2 needs validation data"):
