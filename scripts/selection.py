@@ -124,7 +124,12 @@ def ensemble(data: Path, names: list[str], seeds: list[int], out: Path) -> None:
     sd = r.std(0, ddof=1) if len(r) > 1 else np.zeros(r.shape[1])
     print("mean: " + "  ".join(f"{n} {m:.4f} ± {d:.4f}" for n, m, d in zip([*names, "average"], r.mean(0), sd)))
     for what, gain in ((names[0], r[:, -1] - r[:, 0]), ("the better single model", r[:, -1] - r[:, :-1].max(1))):
-        print(f"average minus {what}, paired: {gain.mean():+.4f} ± {gain.std(ddof=1) if len(gain) > 1 else 0:.4f}")
+        print(f"average minus {what}, paired: {spread(gain)}")
+
+
+def spread(x: np.ndarray) -> str:
+    """'+mean ± sd' of paired gains (sd over seeds; 0 for one seed)."""
+    return f"{x.mean():+.4f} ± {x.std(ddof=1) if len(x) > 1 else 0:.4f}"
 
 
 def load_results(out: Path) -> dict[str, dict[int, dict]]:
@@ -155,7 +160,7 @@ def pair(out: Path, a: str, b: str) -> np.ndarray:
         gains.append(np.mean(ra["scores"][var_a]) - np.mean(rb["scores"][var_b]))
     g = np.array(gains)
     print(f"{a} minus {b}, paired on seeds {','.join(map(str, seeds))}: " + ", ".join(f"{x:+.4f}" for x in g)
-          + f"; mean {g.mean():+.4f} ± {g.std(ddof=1) if len(g) > 1 else 0:.4f}")
+          + f"; mean {spread(g)}")
     return g
 
 
@@ -165,9 +170,6 @@ def summary(out: Path, ref: str | None = None) -> None:
     print(f"| configuration | seeds | variant | validation Dice, mean ± sd over seeds | gain over `best`, paired | "
           f"gain over {ref or 'a --ref configuration'}, paired on its seeds | training min |")
     print("|---|---|---|---|---|---|---|")
-
-    def spread(x: np.ndarray) -> str:
-        return f"{x.mean():+.4f} ± {x.std(ddof=1) if len(x) > 1 else 0:.4f}"
 
     for name, by_seed in runs.items():
         order = sorted(by_seed)
