@@ -58,3 +58,32 @@ def test_train_frac_shrinks_training_and_keeps_the_validation_images(demo_root):
     assert small_val.indices == val.indices  # the same images score both
     assert set(small_train.indices) < set(train.indices)
     assert abs(len(small_train) - len(train) / 2) <= 4  # rounded per coverage stratum
+
+
+def test_architecture_candidates_change_only_what_they_claim():
+    """RESIDUAL swaps the block (identity shortcut where channels match); DEEP_SUP adds heads seen only in training."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import selection
+
+    plain_cls = selection.notebook_unet({})
+    res = selection.notebook_unet({"RESIDUAL": True})(base=4)
+    blocks = [m for m in res.modules() if isinstance(m, selection.ResidualDoubleConv)]
+    assert len(blocks) == 9  # inc, 4 Down, 4 Up: every DoubleConv of the U
+    same = selection.ResidualDoubleConv(8, 8)
+    assert isinstance(same.shortcut, torch.nn.Identity)
+    torch.manual_seed(0)
+    ds_cls = selection.notebook_unet({"DEEP_SUP": 1.0})
+    ds, plain = ds_cls(base=4).eval(), plain_cls(base=4).eval()
+    missing = plain.load_state_dict(ds.state_dict(), strict=False)
+    assert set(missing.unexpected_keys) == {f"heads.{i}.{p}" for i in range(3) for p in ("weight", "bias")}
+    x, y = torch.randn(2, 3, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    assert torch.equal(ds(x), plain(x)) and ds.aux == []  # inference is the notebook's U-Net, heads unused
+    selection.DeepSupLoss.model = ds
+    base_loss = selection.U.DiceBCELoss()
+    assert torch.equal(selection.DeepSupLoss()(ds(x), y), base_loss(ds(x), y))  # eval (validation): main term only
+    ds.train()
+    out = ds(x)
+    assert [a.shape[-1] for a in ds.aux] == [16, 8, 4]  # 1/2, 1/4, 1/8 of the input, finest first
+    assert selection.DeepSupLoss()(out, y) > base_loss(out, y)  # the aux terms are added in training
