@@ -36,7 +36,8 @@ U.PROGRESS_BARS = False  # one line per epoch
 DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4, "LR": 3e-3, "WEIGHT_DECAY": 1e-4,
             "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.25, "VAL_FRAC": 0.15, "EMA": 0.0,
             "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
-            "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0}
+            "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0,
+            "GRAD_CLIP": 1.0}
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
@@ -152,7 +153,7 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
                          amp=DEVICE.type == "cuda", ema_decay=cfg["EMA"], model=model_cfg,
                          dice_weight=cfg["DICE_WEIGHT"], lovasz_weight=cfg["LOVASZ_WEIGHT"],
                          lovasz_epochs=cfg["LOVASZ_EPOCHS"], low_res=cfg["LOW_RES"],
-                         low_res_epochs=cfg["LOW_RES_EPOCHS"])
+                         low_res_epochs=cfg["LOW_RES_EPOCHS"], grad_clip=cfg["GRAD_CLIP"])
     batch = cfg["BATCH_SIZE"]
     train_loader = DataLoader(train_ds, batch, shuffle=True, drop_last=len(train_ds) > batch)
     run_dir = out / "runs" / f"{name}_s{seed}"
