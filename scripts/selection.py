@@ -3,7 +3,7 @@ and score it on validation only (full-size Dice, as Kaggle computes it). Test an
 
     python scripts/selection.py DATA NAME --seeds 0 1 2 3 --jobs 2 [-s KEY=VALUE ...] [--ema 0.99]
     python scripts/selection.py --summary selection/            # mean ± sd per configuration and variant
-    python scripts/selection.py DATA --ensemble A B --seeds 0 1  # A's and B's best.pt and their average
+    python scripts/selection.py DATA --ensemble A B:last_raw --seeds 0 1  # A's best.pt, B's raw last weights, average
     python scripts/selection.py --summary selection/ --pair A:last_raw B:best  # one variant against another
 
 Each seed changes the split (stratified by person coverage, as in the notebook), the initialisation and the
@@ -175,16 +175,32 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
           + f"  ({minutes:.1f} min)", flush=True)
 
 
+def weights(run_dir: Path, variant: str) -> dict:
+    """A trained run's weights: best (best.pt), last (last.pt, the EMA's if on) or last_raw (last.pt, raw)."""
+    if variant == "best":
+        return U.load_checkpoint(run_dir / "best.pt")["model"]
+    ckpt = U.load_checkpoint(run_dir / "last.pt")
+    if variant == "last_raw":
+        return ckpt.get("train_model") or ckpt["model"]
+    if variant == "last":
+        return ckpt["model"]
+    sys.exit(f"unknown variant {variant!r}: use best, last or last_raw")
+
+
 def ensemble(data: Path, names: list[str], seeds: list[int], out: Path) -> None:
-    """Validation Dice of each configuration's best.pt and of their average (probabilities), paired by seed."""
+    """Validation Dice of each configuration's weights (NAME or NAME:VARIANT, default best.pt) and of their average
+    (probabilities), paired by seed."""
     rows = []
     for seed in seeds:
-        cfgs = [json.loads((out / f"{n}_s{seed}.json").read_text())["config"] for n in names]
-        _, val_ds = split(data, cfgs[0], seed)  # same split for every configuration of this seed
+        specs = [n.split(":", 1) if ":" in n else (n, "best") for n in names]
+        cfgs = [json.loads((out / f"{n}_s{seed}.json").read_text())["config"] for n, _ in specs]
+        _, val_ds = split(data, cfgs[0], seed)  # the same validation images for every configuration of this seed
+        if any(split(data, cfg, seed)[1].indices != val_ds.indices for cfg in cfgs[1:]):
+            sys.exit(f"seed {seed}: {' and '.join(names)} were validated on different images")
         probs = []
-        for n, cfg in zip(names, cfgs):
+        for (n, variant), cfg in zip(specs, cfgs):
             model = notebook_unet(cfg)(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
-            model.load_state_dict(U.load_checkpoint(out / "runs" / f"{n}_s{seed}" / "best.pt")["model"])
+            model.load_state_dict(weights(out / "runs" / f"{n}_s{seed}", variant))
             probs.append([p for _, p in U.predict_probs(model.to(DEVICE), val_ds, DEVICE, tta=True)])
         truths = [U.read_mask(val_ds.items[i][1]).astype(bool) for i in range(len(val_ds))]
         one = [np.mean([U.dice_score(p > 0.5, t) for p, t in zip(ps, truths)]) for ps in probs]

@@ -35,6 +35,12 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
         d = f"{sum(scores) / len(scores):.4f}"
         assert f"seed {seed}: tiny {d}  tiny {d}  average {d}" in ens.stdout
     assert "average minus tiny, paired: +0.0000 ± 0.0000" in ens.stdout
+    # NAME:VARIANT picks other weights of a run: the raw last weights score what the run recorded for them
+    ens = subprocess.run([*cmd[:3], "--ensemble", "tiny:last_raw", "tiny", "--seeds", "0", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert ens.returncode == 0, ens.stderr[-2000:]
+    raw = json.loads((out / "tiny_s0.json").read_text())["scores"]["last_raw"]
+    assert f"seed 0: tiny:last_raw {sum(raw) / len(raw):.4f}  tiny {sum(splits[0]) / len(splits[0]):.4f}" in ens.stdout
     # --pair: one configuration's variant against another's, seed by seed
     pair = [*cmd[:2], "--summary", str(out), "--pair", "tiny:last", "tiny:best"]
     said = subprocess.run(pair, capture_output=True, text=True, check=True).stdout
