@@ -163,9 +163,9 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     scores = {"last": full_size_dice(model, val_ds)}
     if cfg["EMA"]:
         raw = UNet(**model_cfg)
-        raw.load_state_dict(U.load_checkpoint(run_dir / "last.pt")["train_model"])
+        raw.load_state_dict(weights(run_dir, "last_raw"))
         scores["last_raw"] = full_size_dice(raw, val_ds)
-    model.load_state_dict(U.load_checkpoint(run_dir / "best.pt")["model"])
+    model.load_state_dict(weights(run_dir, "best"))
     scores["best"] = full_size_dice(model, val_ds)
     scores["best_ms"] = full_size_dice(model, val_ds, SCALES)
     result = {"name": name, "seed": seed, "config": cfg, "train_minutes": minutes, "n_val": len(val_ds),
@@ -187,22 +187,32 @@ def weights(run_dir: Path, variant: str) -> dict:
     sys.exit(f"unknown variant {variant!r}: use best, last or last_raw")
 
 
+def split_key(cfg: dict) -> tuple:
+    """The settings that make a run's validation inputs: image size, validation share, training share (stats)."""
+    return cfg["IMG_SIZE"], cfg["VAL_FRAC"], cfg.get("TRAIN_FRAC", 1.0)
+
+
 def ensemble(data: Path, names: list[str], seeds: list[int], out: Path) -> None:
     """Validation Dice of each configuration's weights (NAME or NAME:VARIANT, default best.pt) and of their average
     (probabilities), paired by seed."""
+    specs = [n.split(":", 1) if ":" in n else (n, "best") for n in names]
     rows = []
     for seed in seeds:
-        specs = [n.split(":", 1) if ":" in n else (n, "best") for n in names]
         cfgs = [json.loads((out / f"{n}_s{seed}.json").read_text())["config"] for n, _ in specs]
-        _, val_ds = split(data, cfgs[0], seed)  # the same validation images for every configuration of this seed
-        if any(split(data, cfg, seed)[1].indices != val_ds.indices for cfg in cfgs[1:]):
+        # each model sees its own run's validation inputs (size; channel stats follow TRAIN_FRAC), built once per kind
+        built: dict[tuple, U.Subset] = {}
+        for cfg in cfgs:
+            if split_key(cfg) not in built:
+                built[split_key(cfg)] = split(data, cfg, seed)[1]
+        vals = [built[split_key(cfg)] for cfg in cfgs]
+        if any(v.indices != vals[0].indices for v in vals[1:]):
             sys.exit(f"seed {seed}: {' and '.join(names)} were validated on different images")
         probs = []
-        for (n, variant), cfg in zip(specs, cfgs):
+        for (n, variant), cfg, val_ds in zip(specs, cfgs, vals):
             model = notebook_unet(cfg)(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
             model.load_state_dict(weights(out / "runs" / f"{n}_s{seed}", variant))
             probs.append([p for _, p in U.predict_probs(model.to(DEVICE), val_ds, DEVICE, tta=True)])
-        truths = [U.read_mask(val_ds.items[i][1]).astype(bool) for i in range(len(val_ds))]
+        truths = [U.read_mask(vals[0].items[i][1]).astype(bool) for i in range(len(vals[0]))]
         one = [np.mean([U.dice_score(p > 0.5, t) for p, t in zip(ps, truths)]) for ps in probs]
         avg = np.mean([U.dice_score(np.mean(ps, 0) > 0.5, t) for *ps, t in zip(*probs, truths)])
         rows.append([*one, avg])
