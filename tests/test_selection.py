@@ -41,6 +41,15 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     assert ens.returncode == 0, ens.stderr[-2000:]
     raw = json.loads((out / "tiny_s0.json").read_text())["scores"]["last_raw"]
     assert f"seed 0: tiny:last_raw {sum(raw) / len(raw):.4f}  tiny {sum(splits[0]) / len(splits[0]):.4f}" in ens.stdout
+    # a model trained on fewer images (TRAIN_FRAC) is scored with its own run's channel stats: its record comes back
+    half = subprocess.run([*cmd[:3], "half", "--seeds", "0", "-s", "TRAIN_FRAC=0.5", *cmd[7:]], capture_output=True,
+                          text=True, timeout=600)
+    assert half.returncode == 0, half.stderr[-2000:]
+    rec = json.loads((out / "half_s0.json").read_text())["scores"]["best"]
+    ens = subprocess.run([*cmd[:3], "--ensemble", "tiny", "half", "--seeds", "0", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert ens.returncode == 0, ens.stderr[-2000:]
+    assert f"  half {sum(rec) / len(rec):.4f}  average" in ens.stdout
     # --pair: one configuration's variant against another's, seed by seed
     pair = [*cmd[:2], "--summary", str(out), "--pair", "tiny:last", "tiny:best"]
     said = subprocess.run(pair, capture_output=True, text=True, check=True).stdout
