@@ -720,20 +720,36 @@ def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (F.relu(errors) * grad).sum(1).mean()
 
 
+def edge_band(mask: torch.Tensor, px: int = 1) -> torch.Tensor:
+    """1 on pixels within px of a 0/1 mask's outline (inside or outside), else 0; mask is N x 1 x H x W.
+
+    Dilation minus erosion (max-pooling); the image border is not an outline."""
+    k = 2 * px + 1
+    return F.max_pool2d(mask, k, stride=1, padding=px) + F.max_pool2d(-mask, k, stride=1, padding=px)
+
+
 class DiceBCELoss(nn.Module):
-    """bce_weight * BCE + dice_weight * (1 - soft Dice per image) [+ lovasz_weight * Lovász hinge], in fp32."""
+    """bce_weight * BCE + dice_weight * (1 - soft Dice per image) [+ lovasz_weight * Lovász hinge], in fp32.
+
+    edge_weight > 0: BCE pixels on the person's outline (edge_band) weigh 1 + edge_weight, and the BCE is
+    divided by the mean weight, so it keeps its scale (the paper's weighted loss, without instances)."""
 
     def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
-                 lovasz_weight: float = 0.0):
+                 lovasz_weight: float = 0.0, edge_weight: float = 0.0):
         super().__init__()
         self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
-        self.lovasz_weight = lovasz_weight
+        self.lovasz_weight, self.edge_weight = lovasz_weight, edge_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()
         loss = logits.new_zeros(())
         if self.bce_weight:
-            loss = loss + self.bce_weight * F.binary_cross_entropy_with_logits(logits, target)
+            if self.edge_weight:
+                w = 1 + self.edge_weight * edge_band(target)
+                bce = F.binary_cross_entropy_with_logits(logits, target, weight=w, reduction="sum") / w.sum()
+            else:
+                bce = F.binary_cross_entropy_with_logits(logits, target)
+            loss = loss + self.bce_weight * bce
         if self.dice_weight:
             p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
             soft_dice = (2 * (p * t).sum(1) + self.smooth) / (p.sum(1) + t.sum(1) + self.smooth)
@@ -774,6 +790,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     bce_weight: float = 1.0
     dice_weight: float = 1.0
+    edge_weight: float = 0.0  # BCE weight of outline pixels is 1 + this (DiceBCELoss)
     lovasz_weight: float = 0.0  # adds the Lovász hinge (a surrogate of per-image IoU) to the loss
     lovasz_epochs: int = 0  # the last N epochs train on the Lovász hinge alone (a fine-tuning stage)
     low_res: int = 0  # progressive resizing: the first low_res_epochs train on batches downscaled to this side
@@ -986,7 +1003,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     model.to(device, memory_format=_memory_format(device))
-    loss_fn = DiceBCELoss(cfg.bce_weight, cfg.dice_weight, lovasz_weight=cfg.lovasz_weight)  # also validates
+    loss_fn = DiceBCELoss(cfg.bce_weight, cfg.dice_weight, lovasz_weight=cfg.lovasz_weight,
+                          edge_weight=cfg.edge_weight)  # also validates
     finetune_fn = DiceBCELoss(0.0, 0.0, lovasz_weight=1.0)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * len(train_loader)

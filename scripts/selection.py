@@ -37,7 +37,7 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
             "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.25, "VAL_FRAC": 0.15, "EMA": 0.0,
             "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
             "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0,
-            "GRAD_CLIP": 1.0, "BOUNDARY": 0.0, "BOUNDARY_PX": 1}
+            "GRAD_CLIP": 1.0, "EDGE_WEIGHT": 5.0}
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
@@ -46,7 +46,7 @@ def notebook_unet(cfg: dict | None = None) -> type:
     """The UNet class from the notebook's cells tagged `unet` (the model graders read), or an experimental variant.
 
     cfg RESIDUAL=True swaps DoubleConv for a residual block; DEEP_SUP > 0 adds deep-supervision heads
-    (see run_one). Neither is in the notebook: they are candidates measured here first (as is BOUNDARY, a loss).
+    (see run_one). Neither is in the notebook: they are candidates measured here first.
     """
     ns: dict = {"torch": torch, "nn": torch.nn}
     for cell in json.loads((ROOT / "obligatorio.ipynb").read_text())["cells"]:
@@ -119,36 +119,6 @@ class DeepSupLoss(U.DiceBCELoss):
         return loss
 
 
-class BoundaryLoss(U.DiceBCELoss):
-    """The notebook's loss with the BCE term weighted 1 + weight on pixels within `px` pixels of the mask's edge
-    (on both sides; found by max-pool dilation minus erosion of the mask), normalised by the mean weight so the
-    BCE keeps its scale. Ronneberger et al. weight the borders between touching cells; these masks have no
-    instances, so the whole person outline is weighted."""
-
-    weight, px = 1.0, 1
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if not self.bce_weight:
-            return super().forward(logits, target)
-        bce_weight, self.bce_weight = self.bce_weight, 0.0  # the parent adds Dice (and Lovász) only
-        try:
-            loss = super().forward(logits, target)
-        finally:
-            self.bce_weight = bce_weight
-        logits, target = logits.float(), target.float()
-        w = 1 + self.weight * edge_band(target, self.px)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=w, reduction="sum")
-        return loss + bce_weight * bce / w.sum()
-
-
-def edge_band(mask: torch.Tensor, px: int) -> torch.Tensor:
-    """1 on pixels within px of a 0/1 mask's edge (inside or outside), else 0; mask is N x 1 x H x W."""
-    k = 2 * px + 1
-    dilated = torch.nn.functional.max_pool2d(mask, k, stride=1, padding=px)
-    eroded = -torch.nn.functional.max_pool2d(-mask, k, stride=1, padding=px)
-    return dilated - eroded
-
-
 def full_size_dice(model: torch.nn.Module, ds: U.Subset, scales=(1.0,)) -> list[float]:
     """Per-image Dice at each image's own size, flip TTA, threshold 0.5."""
     scores, _ = U.threshold_sweep(model.to(DEVICE), ds, DEVICE, [0.5], tta=True, scales=scales)
@@ -178,14 +148,11 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     if cfg["DEEP_SUP"]:  # U.train builds its loss from U.DiceBCELoss: this process trains with the aux terms
         DeepSupLoss.model, DeepSupLoss.weight = model, cfg["DEEP_SUP"]
         U.DiceBCELoss = DeepSupLoss
-    if cfg["BOUNDARY"]:  # the same way: this process's BCE weights the person outline
-        BoundaryLoss.weight, BoundaryLoss.px = cfg["BOUNDARY"], cfg["BOUNDARY_PX"]
-        U.DiceBCELoss = BoundaryLoss
     model_cfg = {"base": cfg["BASE_CHANNELS"], "dropout": cfg["DROPOUT"], "batch_norm": cfg["BATCH_NORM"]}
     tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"],
                          amp=DEVICE.type == "cuda", ema_decay=cfg["EMA"], model=model_cfg,
-                         dice_weight=cfg["DICE_WEIGHT"], lovasz_weight=cfg["LOVASZ_WEIGHT"],
-                         lovasz_epochs=cfg["LOVASZ_EPOCHS"], low_res=cfg["LOW_RES"],
+                         dice_weight=cfg["DICE_WEIGHT"], edge_weight=cfg["EDGE_WEIGHT"],
+                         lovasz_weight=cfg["LOVASZ_WEIGHT"], lovasz_epochs=cfg["LOVASZ_EPOCHS"], low_res=cfg["LOW_RES"],
                          low_res_epochs=cfg["LOW_RES_EPOCHS"], grad_clip=cfg["GRAD_CLIP"])
     batch = cfg["BATCH_SIZE"]
     train_loader = DataLoader(train_ds, batch, shuffle=True, drop_last=len(train_ds) > batch)

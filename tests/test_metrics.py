@@ -64,6 +64,37 @@ def test_loss_weights():
     assert U.DiceBCELoss(0.5, 2)(logits, target) == pytest.approx(0.5 * bce + 2 * dice)
 
 
+def test_edge_band_marks_both_sides_of_the_outline_only():
+    square = torch.zeros(1, 1, 8, 8)
+    square[..., 2:6, 2:6] = 1
+    band = U.edge_band(square)
+    assert band.sum() == 6 * 6 - 2 * 2  # the ring from 1 px outside to 1 px inside the 4x4 square
+    assert band[..., 3:5, 3:5].sum() == 0 and band[..., 0, :].sum() == 0  # not the core, not 2 px away
+    left = torch.zeros(1, 1, 8, 8)
+    left[..., :4] = 1  # touching the image border: that border is no outline
+    assert U.edge_band(left)[..., 0].sum() == 0 and U.edge_band(left)[..., 3:5].all()
+    assert U.edge_band(left).sum() == 2 * 8
+
+
+def test_edge_weight_multiplies_outline_errors_and_keeps_the_bce_scale():
+    target = torch.zeros(2, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1
+    band = U.edge_band(target).bool()
+    right = 10.0 * (2 * target - 1)  # confident and right everywhere (BCE ~5e-5 per pixel)
+    wrong_edge = torch.where(band, -right, right)  # wrong on the outline's 32 pixels per image
+    wrong_core = right.clone()
+    wrong_core[..., 3:5, 3:5] = -10.0  # wrong on 4 pixels inside
+    plain, edged = U.DiceBCELoss(1, 0), U.DiceBCELoss(1, 0, edge_weight=5)
+    ratio_plain = plain(wrong_edge, target) / plain(wrong_core, target)
+    ratio_edged = edged(wrong_edge, target) / edged(wrong_core, target)
+    assert ratio_edged.item() == pytest.approx(6 * ratio_plain.item(), rel=0.01)  # an outline error costs 1 + 5x
+    assert edged(right, target).item() == pytest.approx(plain(right, target).item(), rel=1e-3)  # same scale
+    logits = torch.randn(2, 1, 8, 8)
+    assert U.DiceBCELoss(edge_weight=0)(logits, target) == U.DiceBCELoss()(logits, target)
+    dice = U.DiceBCELoss(0, 1)(logits, target)
+    assert U.DiceBCELoss(0, 1, edge_weight=5)(logits, target) == dice  # the Dice term is untouched
+
+
 def _lovasz_reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Berman et al.'s reference lovasz_hinge_flat, one image at a time (github.com/bermanmaxim/LovaszSoftmax)."""
     out = []

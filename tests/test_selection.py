@@ -104,33 +104,3 @@ def test_architecture_candidates_change_only_what_they_claim():
     assert selection.DeepSupLoss()(out, y) > base_loss(out, y)  # the aux terms are added in training
 
 
-
-def test_boundary_loss_weights_only_the_outline(monkeypatch):
-    """BOUNDARY weights the BCE on a band around the person's outline; weight 0 is the notebook's loss exactly."""
-    import torch
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import selection
-
-    mask = torch.zeros(1, 1, 8, 8)
-    mask[..., 2:6, 2:6] = 1  # a 4x4 square away from the image border
-    band = selection.edge_band(mask, 1)
-    assert band[..., 3:5, 3:5].sum() == 0 and band[..., 0, :].sum() == 0  # not the core, not 2 px away
-    assert band[0, 0, 1, 1] == 1 and band[0, 0, 2, 2] == 1  # both sides of the edge
-    left = torch.zeros(1, 1, 8, 8)
-    left[..., :4] = 1  # a mask touching the image border: that border is not an edge
-    assert selection.edge_band(left, 1)[..., 0].sum() == 0 and selection.edge_band(left, 1)[..., 3:5].all()
-    torch.manual_seed(0)
-    logits, target = torch.randn(2, 1, 8, 8), mask.expand(2, 1, 8, 8)
-    monkeypatch.setattr(selection.BoundaryLoss, "weight", 0.0)
-    assert torch.allclose(selection.BoundaryLoss()(logits, target), selection.U.DiceBCELoss()(logits, target))
-    monkeypatch.setattr(selection.BoundaryLoss, "weight", 5.0)
-    right = 10.0 * (2 * target - 1)  # confident and right everywhere (loss ~5e-5 per pixel)
-    wrong_edge = torch.where(band.bool(), -right, right)  # wrong on the band's 32 pixels
-    wrong_core = right.clone()
-    wrong_core[..., 3:5, 3:5] = -10.0  # wrong on the core's 4 pixels
-    plain, edged = selection.U.DiceBCELoss(dice_weight=0), selection.BoundaryLoss(dice_weight=0)
-    ratio_edged = edged(wrong_edge, target) / edged(wrong_core, target)
-    ratio_plain = plain(wrong_edge, target) / plain(wrong_core, target)
-    assert torch.allclose(ratio_edged, 6 * ratio_plain, rtol=0.01)  # an outline error costs 1 + 5 times more
-    assert torch.allclose(edged(right, target), plain(right, target), rtol=1e-3)  # uniform errors: same scale

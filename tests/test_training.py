@@ -388,3 +388,12 @@ def test_final_fit_without_validation_follows_the_same_recipe_and_keeps_the_last
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
     with pytest.raises(ValueError, match="patience=2 needs validation data"):
         U.train(UNet(base=8), tr, None, cfg(3, patience=2), tmp_path / "p", CPU)
+
+
+def test_edge_weight_reaches_the_training_loss(UNet, demo_ds, tmp_path, monkeypatch):
+    calls = []
+    band = U.edge_band
+    monkeypatch.setattr(U, "edge_band", lambda mask, px=1: calls.append(len(mask)) or band(mask, px))
+    tr, va = loaders(demo_ds)
+    U.train(UNet(base=8), tr, va, cfg(1, edge_weight=5.0), tmp_path, CPU)
+    assert sum(calls) == len(tr.dataset) + len(va.dataset)  # every training and validation image, once
