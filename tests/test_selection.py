@@ -102,5 +102,3 @@ def test_architecture_candidates_change_only_what_they_claim():
     out = ds(x)
     assert [a.shape[-1] for a in ds.aux] == [16, 8, 4]  # 1/2, 1/4, 1/8 of the input, finest first
     assert selection.DeepSupLoss()(out, y) > base_loss(out, y)  # the aux terms are added in training
-
-
