@@ -14,7 +14,13 @@ fi
 . .venv/bin/activate
 if ! python -c "import torch, torchvision" 2>/dev/null; then
   echo "installing ${TORCH_SPEC:=torch==2.14.1 torchvision==0.29.1} (a few GB, once)"
+  # --no-cache-dir: a CUDA build is ~6 GB in .venv; a cached copy of its wheels would need ~3 GB more disk.
   # shellcheck disable=SC2086
-  python -m pip install -q $TORCH_SPEC
+  python -m pip install -q --no-cache-dir $TORCH_SPEC || {
+    echo "error: scripts/venv.sh could not install $TORCH_SPEC into .venv (pip's error is above). It needs about" \
+         "6 GB of disk and $(df -Ph . | awk 'NR==2 {print $4}') are free here: on 'No space left on device', free" \
+         "space and run the command again." >&2
+    exit 1
+  }
 fi
 python -m pip install -q -r "$1"
