@@ -37,7 +37,7 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
             "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.25, "VAL_FRAC": 0.15, "EMA": 0.0,
             "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
             "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0,
-            "GRAD_CLIP": 1.0, "EDGE_WEIGHT": 5.0}
+            "GRAD_CLIP": 1.0, "EDGE_WEIGHT": 10.0}
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
