@@ -33,6 +33,15 @@ def test_committed_without_outputs():
     assert max(len("".join(c["source"]).splitlines()) for c in story) <= 40, "keep cells short"
 
 
+def test_every_cell_has_a_unique_id():
+    """nbformat 4.5 requires cell ids: without them papermill and nbformat warn on every run (a future hard error)."""
+    nb = json.loads(NOTEBOOK.read_text())
+    assert (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5)
+    ids = [c.get("id") for c in nb["cells"]]
+    assert None not in ids, [i for i, c in enumerate(nb["cells"]) if "id" not in c]
+    assert len(set(ids)) == len(ids)
+
+
 def test_helpers_cell_is_utils_py_and_folded():
     (cell,) = notebook_cells("helpers")
     assert cell == "%%writefile {HELPERS}\n" + (ROOT / "utils.py").read_text(), \
