@@ -33,11 +33,30 @@ import utils as U  # noqa: E402
 
 U.PROGRESS_BARS = False  # one line per epoch
 
-DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4, "LR": 3e-3, "WEIGHT_DECAY": 1e-4,
-            "DROPOUT": 0.1, "BATCH_NORM": True, "AUG_STRENGTH": 0.25, "VAL_FRAC": 0.15, "EMA": 0.0,
-            "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
+
+def notebook_cells(tag: str) -> list[str]:
+    """Source of the notebook's cells tagged `tag`, in order."""
+    cells = json.loads((ROOT / "obligatorio.ipynb").read_text())["cells"]
+    return ["".join(c["source"]) for c in cells if tag in c["metadata"].get("tags", [])]
+
+
+def notebook_parameters() -> dict:
+    """The values the notebook's `parameters` cell sets (what a user gets by default)."""
+    ns: dict = {}
+    for source in notebook_cells("parameters"):
+        exec(source, ns)
+    return ns
+
+
+# The dev CPU configuration (128 px, base 16, 40 epochs, batch 4) with the notebook's own recipe: the settings the
+# notebook has are read from its parameters cell, so a default changed there is the default here too.
+_NB = notebook_parameters()
+DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
+            **{k: _NB[k] for k in ("LR", "WEIGHT_DECAY", "DROPOUT", "BATCH_NORM", "AUG_STRENGTH", "VAL_FRAC",
+                                   "EDGE_WEIGHT")},
+            "EMA": 0.0, "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
             "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0,
-            "GRAD_CLIP": 1.0, "EDGE_WEIGHT": 10.0}
+            "GRAD_CLIP": 1.0}
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
@@ -49,9 +68,8 @@ def notebook_unet(cfg: dict | None = None) -> type:
     (see run_one). Neither is in the notebook: they are candidates measured here first.
     """
     ns: dict = {"torch": torch, "nn": torch.nn}
-    for cell in json.loads((ROOT / "obligatorio.ipynb").read_text())["cells"]:
-        if "unet" in cell["metadata"].get("tags", []):
-            exec("".join(cell["source"]), ns)
+    for source in notebook_cells("unet"):
+        exec(source, ns)
     cfg = cfg or {}
     if cfg.get("RESIDUAL"):
         ns["DoubleConv"] = ResidualDoubleConv  # Down, Up and UNet look the name up when they are built
