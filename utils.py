@@ -731,21 +731,21 @@ def edge_band(mask: torch.Tensor, px: int = 1) -> torch.Tensor:
 class DiceBCELoss(nn.Module):
     """bce_weight * BCE + dice_weight * (1 - soft Dice per image) [+ lovasz_weight * Lovász hinge], in fp32.
 
-    edge_weight > 0: BCE pixels on the person's outline (edge_band) weigh 1 + edge_weight, and the BCE is
-    divided by the mean weight, so it keeps its scale (the paper's weighted loss, without instances)."""
+    edge_weight > 0: BCE pixels within edge_px of the person's outline (edge_band) weigh 1 + edge_weight, and the
+    BCE is divided by the mean weight, so it keeps its scale (the paper's weighted loss, without instances)."""
 
     def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
-                 lovasz_weight: float = 0.0, edge_weight: float = 0.0):
+                 lovasz_weight: float = 0.0, edge_weight: float = 0.0, edge_px: int = 1):
         super().__init__()
         self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
-        self.lovasz_weight, self.edge_weight = lovasz_weight, edge_weight
+        self.lovasz_weight, self.edge_weight, self.edge_px = lovasz_weight, edge_weight, edge_px
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()
         loss = logits.new_zeros(())
         if self.bce_weight:
             if self.edge_weight:
-                w = 1 + self.edge_weight * edge_band(target)
+                w = 1 + self.edge_weight * edge_band(target, self.edge_px)
                 bce = F.binary_cross_entropy_with_logits(logits, target, weight=w, reduction="sum") / w.sum()
             else:
                 bce = F.binary_cross_entropy_with_logits(logits, target)
@@ -791,6 +791,7 @@ class TrainConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     edge_weight: float = 0.0  # BCE weight of outline pixels is 1 + this (DiceBCELoss)
+    edge_px: int = 1  # the outline band: pixels within this distance of the mask's border, both sides
     lovasz_weight: float = 0.0  # adds the Lovász hinge (a surrogate of per-image IoU) to the loss
     lovasz_epochs: int = 0  # the last N epochs train on the Lovász hinge alone (a fine-tuning stage)
     low_res: int = 0  # progressive resizing: the first low_res_epochs train on batches downscaled to this side
@@ -1004,7 +1005,7 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
     rank = dist.get_rank() if distributed else 0
     model.to(device, memory_format=_memory_format(device))
     loss_fn = DiceBCELoss(cfg.bce_weight, cfg.dice_weight, lovasz_weight=cfg.lovasz_weight,
-                          edge_weight=cfg.edge_weight)  # also validates
+                          edge_weight=cfg.edge_weight, edge_px=cfg.edge_px)  # also validates
     finetune_fn = DiceBCELoss(0.0, 0.0, lovasz_weight=1.0)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * len(train_loader)

@@ -56,7 +56,7 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
                                    "EDGE_WEIGHT")},
             "EMA": 0.0, "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
             "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0,
-            "GRAD_CLIP": 1.0}
+            "GRAD_CLIP": 1.0, "EDGE_PX": 1}
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
@@ -169,7 +169,7 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     model_cfg = {"base": cfg["BASE_CHANNELS"], "dropout": cfg["DROPOUT"], "batch_norm": cfg["BATCH_NORM"]}
     tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"],
                          amp=DEVICE.type == "cuda", ema_decay=cfg["EMA"], model=model_cfg,
-                         dice_weight=cfg["DICE_WEIGHT"], edge_weight=cfg["EDGE_WEIGHT"],
+                         dice_weight=cfg["DICE_WEIGHT"], edge_weight=cfg["EDGE_WEIGHT"], edge_px=cfg["EDGE_PX"],
                          lovasz_weight=cfg["LOVASZ_WEIGHT"], lovasz_epochs=cfg["LOVASZ_EPOCHS"], low_res=cfg["LOW_RES"],
                          low_res_epochs=cfg["LOW_RES_EPOCHS"], grad_clip=cfg["GRAD_CLIP"])
     batch = cfg["BATCH_SIZE"]

@@ -95,6 +95,20 @@ def test_edge_weight_multiplies_outline_errors_and_keeps_the_bce_scale():
     assert U.DiceBCELoss(0, 1, edge_weight=5)(logits, target) == dice  # the Dice term is untouched
 
 
+def test_edge_px_widens_the_weighted_band():
+    target = torch.zeros(1, 1, 12, 12)
+    target[..., 2:10, 2:10] = 1  # an 8x8 square: the 1-px band is rows/cols 1-2 and 9-10, the 2-px band 0-3 and 8-11
+    assert U.edge_band(target, 2).sum() > U.edge_band(target, 1).sum()
+    right = 10.0 * (2 * target - 1)
+    wrong = right.clone()
+    wrong[..., 3, 5] = -10.0  # the second row inside the mask: in the 2-px band, not in the 1-px one
+    core = right.clone()
+    core[..., 6, 6] = -10.0  # the middle: in neither
+    for px, ratio in ((1, 1.0), (2, 6.0)):
+        loss = U.DiceBCELoss(1, 0, edge_weight=5, edge_px=px)
+        assert (loss(wrong, target) / loss(core, target)).item() == pytest.approx(ratio, rel=0.01)
+
+
 def _lovasz_reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Berman et al.'s reference lovasz_hinge_flat, one image at a time (github.com/bermanmaxim/LovaszSoftmax)."""
     out = []
