@@ -11,11 +11,14 @@ augmentation draws. Every run evaluates several inference variants on the same t
   best       best.pt (by validation Dice at input size), flip TTA: what the notebook does
   best_ms    best.pt, flip TTA at scales 0.75/1/1.25 of the input size
   last       the final weights, flip TTA (with --ema: the averaged weights; last_raw: the raw ones)
+  cont       with -s CONT_EPOCHS=K: the final weights after K more epochs on the whole training side (a final fit
+             that continues the run instead of starting anew; with TRAIN_FRAC < 1 it sees images the run did not)
 Defaults are the notebook's CPU configuration (128 px, base 16, 40 epochs, batch 4).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -56,7 +59,7 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
                                    "EDGE_WEIGHT")},
             "EMA": 0.0, "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
             "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0,
-            "GRAD_CLIP": 1.0, "EDGE_PX": 1}
+            "GRAD_CLIP": 1.0, "EDGE_PX": 1, "CONT_EPOCHS": 0, "CONT_LR": 1e-3}
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
@@ -143,23 +146,25 @@ def full_size_dice(model: torch.nn.Module, ds: U.Subset, scales=(1.0,)) -> list[
     return scores[:, 0].tolist()
 
 
-def split(data: Path, cfg: dict, seed: int) -> tuple[U.Subset, U.Subset]:
-    """The notebook's stratified train/validation split of DATA's training photos for this seed."""
+def split(data: Path, cfg: dict, seed: int) -> tuple[U.Subset, U.Subset, U.Subset]:
+    """The notebook's stratified train/validation split of DATA's training photos for this seed: training (TRAIN_FRAC
+    of it), validation, and the whole training side (what a continuation trains on; the same channel stats)."""
     pairs = U.pair_files(data / "train" / "images", data / "train" / "masks")
     full = U.CachedSegDataset(pairs, cfg["IMG_SIZE"], workers=1, progress=False)
     coverage = U.per_image_mean(full.masks).numpy()
     strata = U.coverage_bins(coverage)
     train_idx, val_idx = U.stratified_split(strata, cfg["VAL_FRAC"], seed)
+    whole = U.Subset(full, train_idx, U.train_transform(cfg["AUG_STRENGTH"]))
     if cfg.get("TRAIN_FRAC", 1.0) < 1:  # a learning-curve point (older result files lack the key: --ensemble)
         kept, _ = U.stratified_split([strata[i] for i in train_idx], 1 - cfg["TRAIN_FRAC"], seed)
         train_idx = [train_idx[i] for i in kept]
     full.set_stats(*U.channel_stats(full.images, index=train_idx))
-    return U.Subset(full, train_idx, U.train_transform(cfg["AUG_STRENGTH"])), U.Subset(full, val_idx)
+    return U.Subset(full, train_idx, U.train_transform(cfg["AUG_STRENGTH"])), U.Subset(full, val_idx), whole
 
 
 def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     """Train one seed of one configuration and write its validation scores to out/NAME_sSEED.json."""
-    train_ds, val_ds = split(data, cfg, seed)
+    train_ds, val_ds, whole_ds = split(data, cfg, seed)
     U.seed_everything(seed)
     UNet = notebook_unet(cfg)
     model = UNet(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
@@ -186,7 +191,17 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     model.load_state_dict(weights(run_dir, "best"))
     scores["best"] = full_size_dice(model, val_ds)
     scores["best_ms"] = full_size_dice(model, val_ds, SCALES)
-    result = {"name": name, "seed": seed, "config": cfg, "train_minutes": minutes, "n_val": len(val_ds),
+    cont_minutes = 0.0
+    if cfg["CONT_EPOCHS"]:  # the final fit as a continuation: the last weights train CONT_EPOCHS more on all of `whole`
+        model.load_state_dict(weights(run_dir, "last"))
+        t0 = time.time()
+        U.train(model, DataLoader(whole_ds, batch, shuffle=True, drop_last=len(whole_ds) > batch), None,
+                dataclasses.replace(tcfg, epochs=cfg["CONT_EPOCHS"], lr=cfg["CONT_LR"]), run_dir / "cont", DEVICE,
+                resume=False)
+        cont_minutes = (time.time() - t0) / 60
+        scores["cont"] = full_size_dice(model, val_ds)
+    result = {"name": name, "seed": seed, "config": cfg, "train_minutes": minutes, "cont_minutes": cont_minutes,
+              "n_val": len(val_ds),
               "best_epoch": int(np.argmax(history["val_dice"])) + 1, "scores": scores}
     (out / f"{name}_s{seed}.json").write_text(json.dumps(result, indent=1))
     print(f"{name} seed {seed}: " + "  ".join(f"{k} {np.mean(v):.4f}" for k, v in scores.items())

@@ -13,13 +13,14 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     out = tmp_path / "sel"
     cmd = [sys.executable, str(ROOT / "scripts" / "selection.py"), str(data), "tiny", "--seeds", "0", "1",
            "--jobs", "2", "--ema", "0.9", "-s", "EPOCHS=1", "-s", "IMG_SIZE=64", "-s", "BASE_CHANNELS=8",
-           "--out", str(out)]
+           "-s", "CONT_EPOCHS=1", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     for seed in (0, 1):
         r = json.loads((out / f"tiny_s{seed}.json").read_text())
         assert r["config"]["EPOCHS"] == 1 and r["config"]["IMG_SIZE"] == 64 and r["config"]["EMA"] == 0.9
-        assert set(r["scores"]) == {"best", "best_ms", "last", "last_raw"}
+        assert set(r["scores"]) == {"best", "best_ms", "last", "last_raw", "cont"} and r["cont_minutes"] > 0
+        assert (out / "runs" / f"tiny_s{seed}" / "cont" / "last.pt").exists()  # the continuation trained and saved
         assert all(len(v) == r["n_val"] and all(0 <= d <= 1 for d in v) for v in r["scores"].values())
     splits = [json.loads((out / f"tiny_s{s}.json").read_text())["scores"]["best"] for s in (0, 1)]
     assert splits[0] != splits[1]  # two seeds, two different runs
@@ -68,11 +69,12 @@ def test_train_frac_shrinks_training_and_keeps_the_validation_images(demo_root):
     import selection
 
     cfg = dict(selection.DEFAULTS, IMG_SIZE=32)
-    train, val = selection.split(demo_root, cfg, 0)
-    small_train, small_val = selection.split(demo_root, dict(cfg, TRAIN_FRAC=0.5), 0)
+    train, val, whole = selection.split(demo_root, cfg, 0)
+    small_train, small_val, small_whole = selection.split(demo_root, dict(cfg, TRAIN_FRAC=0.5), 0)
     assert small_val.indices == val.indices  # the same images score both
     assert set(small_train.indices) < set(train.indices)
     assert abs(len(small_train) - len(train) / 2) <= 4  # rounded per coverage stratum
+    assert whole.indices == train.indices == small_whole.indices  # a continuation trains on the whole training side
 
 
 def test_architecture_candidates_change_only_what_they_claim():
