@@ -56,10 +56,10 @@ def notebook_parameters() -> dict:
 _NB = notebook_parameters()
 DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
             **{k: _NB[k] for k in ("LR", "WEIGHT_DECAY", "DROPOUT", "BATCH_NORM", "AUG_STRENGTH", "VAL_FRAC",
-                                   "EDGE_WEIGHT")},
+                                   "EDGE_WEIGHT", "EDGE_PX")},
             "EMA": 0.0, "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
             "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0,
-            "GRAD_CLIP": 1.0, "EDGE_PX": 1, "CONT_EPOCHS": 0, "CONT_LR": 1e-3}
+            "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3}
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
