@@ -23,13 +23,12 @@ if [[ ${1:-} == --prepare ]]; then
     [[ -d $shared/data/persons-vikram && -d $shared/tools ]] || {
         echo "error: $shared/data/persons-vikram or $shared/tools is missing: --prepare copies them from ../shared" >&2
         exit 1; }
-    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
     rm -rf "$KIT" && mkdir -p "$KIT/shared/data" "$KIT/whl"
     cp -r "$shared/tools" "$KIT/shared/"
     cp -r "$shared/data/persons-vikram" "$KIT/shared/data/"
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$KIT/whl" "torchinfo>=1.8"
     du -sh "$KIT"
-    echo "ready: carry [\".gpu\"] and run: bash scripts/gpu_check.sh \$OUT 0 1"
+    echo "ready: carry [\".gpu\"] and run: bash scripts/gpu_check.sh \$OUT 0 (then \$OUT 1 in a second call)"
     exit 0
 fi
 
