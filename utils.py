@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -1416,6 +1417,28 @@ def threshold_sweep(model: nn.Module, ds: CachedSegDataset | Subset, device: tor
         for j, t in enumerate(thresholds):
             scores[i, j] = dice_score(prob > t, truth)
     return scores, coverage
+
+
+def drop_small_components(mask: np.ndarray, min_frac: float) -> np.ndarray:
+    """The mask without its 8-connected regions smaller than `min_frac` of the largest one (0: unchanged)."""
+    if min_frac <= 0:
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0  # the background
+    return (sizes >= min_frac * sizes.max())[labels]
+
+
+def postprocess_dice(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool,
+                     threshold: float, min_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image full-resolution Dice at `threshold` without and with drop_small_components (paired)."""
+    raw, post = np.zeros(len(ds)), np.zeros(len(ds))
+    for i, prob in tqdm(predict_probs(model, ds, device, tta), total=len(ds), desc="post-proceso", leave=False):
+        truth, mask = read_mask(ds.items[i][1]).astype(bool), prob > threshold
+        raw[i], post[i] = dice_score(mask, truth), dice_score(drop_small_components(mask, min_frac), truth)
+    return raw, post
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ and score it on validation only (full-size Dice, as Kaggle computes it). Test an
     python scripts/selection.py --summary selection/            # mean ± sd per configuration and variant
     python scripts/selection.py DATA --ensemble A B:last_raw --seeds 0 1  # A's best.pt, B's raw last weights, average
     python scripts/selection.py --summary selection/ --pair A:last_raw B:best  # one variant against another
+    python scripts/selection.py DATA --inference NAME --seeds 0 1  # post-processing, threshold rule, TTA on NAME's runs
 
 Each seed changes the split (stratified by person coverage, as in the notebook), the initialisation and the
 augmentation draws. Every run evaluates several inference variants on the same trained weights (paired):
@@ -13,6 +14,11 @@ augmentation draws. Every run evaluates several inference variants on the same t
   last       the final weights, flip TTA (with --ema: the averaged weights; last_raw: the raw ones)
   cont       with -s CONT_EPOCHS=K: the final weights after K more epochs on the whole training side (a final fit
              that continues the run instead of starting anew; with TRAIN_FRAC < 1 it sees images the run did not)
+--inference NAME re-scores NAME's stored runs (best and last weights, no training) against flip TTA at 0.5:
+  cc10       regions (8-connected) smaller than 10% of the largest dropped (the notebook's MIN_COMPONENT)
+  holes10    enclosed background regions smaller than 10% of the mask filled
+  notta      no flip TTA
+  sweep      the notebook's threshold rule (section 7), chosen on one half of the validation, scored on the other
 Defaults are the notebook's CPU configuration (128 px, base 16, 40 epochs, batch 4).
 """
 from __future__ import annotations
@@ -257,6 +263,73 @@ def ensemble(data: Path, names: list[str], seeds: list[int], out: Path) -> None:
         print(f"average minus {what}, paired: {spread(gain)}")
 
 
+def fill_small_holes(mask: np.ndarray, frac: float) -> np.ndarray:
+    """The mask with its enclosed background regions (not touching the border) smaller than `frac` of it filled."""
+    from scipy import ndimage
+    lab, _ = ndimage.label(~mask)
+    small = np.bincount(lab.ravel()) < frac * mask.sum()
+    small[0] = False
+    small[np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))] = False
+    return mask | small[lab]
+
+
+def threshold_rule(scores: np.ndarray, thresholds: np.ndarray) -> float:
+    """The notebook's choice (section 7): the sweep's best threshold if its paired gain over 0.5 exceeds 2 SE."""
+    at_05, best = list(thresholds).index(0.5), int(scores.mean(0).argmax())
+    gain = scores[:, best] - scores[:, at_05]
+    noise = 2 * gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+    return float(thresholds[best]) if gain.mean() > noise else 0.5
+
+
+def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
+    """Inference variants on NAME's trained runs (best and last weights), per seed's validation images, paired with
+    flip TTA at 0.5: post-processes, the notebook's threshold rule cross-fitted on halves, and no TTA."""
+    try:
+        import scipy  # noqa: F401  (Colab and Kaggle ship it; the notebook does not need it)
+    except ImportError:
+        sys.exit("scripts/selection.py --inference needs scipy for connected components: pip install scipy")
+    thresholds = np.round(np.arange(0.1, 0.91, 0.05), 2)
+    at_05 = list(thresholds).index(0.5)
+    rows = {}  # (weights, variant) -> per-seed mean Dice
+    for seed in seeds:
+        cfg = json.loads((out / f"{name}_s{seed}.json").read_text())["config"]
+        val_ds = split(data, cfg, seed)[1]
+        truths = [U.read_mask(val_ds.items[i][1]).astype(bool) for i in range(len(val_ds))]
+        for w in ("best", "last"):
+            model = notebook_unet(cfg)(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
+            model.load_state_dict(weights(out / "runs" / f"{name}_s{seed}", w))
+            model.to(DEVICE)
+            d: dict[str, list[float]] = {"tta": [], "cc10": [], "holes10": [], "notta": []}
+            sweep = np.zeros((len(val_ds), len(thresholds)))
+            for (i, prob), (_, plain) in zip(U.predict_probs(model, val_ds, DEVICE, tta=True),
+                                             U.predict_probs(model, val_ds, DEVICE, tta=False)):
+                mask, t = prob > 0.5, truths[i]
+                sweep[i] = [U.dice_score(prob > th, t) for th in thresholds]
+                d["tta"].append(sweep[i, at_05])
+                d["cc10"].append(U.dice_score(U.drop_small_components(mask, 0.1), t))
+                d["holes10"].append(U.dice_score(fill_small_holes(mask, 0.1), t))
+                d["notta"].append(U.dice_score(plain > 0.5, t))
+            halves = [np.arange(len(val_ds))[k::2] for k in (0, 1)]  # choose on one half, score the other
+            crossed = np.zeros(len(val_ds))
+            for pick, score in (halves, halves[::-1]):
+                crossed[score] = sweep[score, list(thresholds).index(threshold_rule(sweep[pick], thresholds))]
+            d["sweep"] = crossed.tolist()
+            for v, x in d.items():
+                rows.setdefault((w, v), []).append(float(np.mean(x)))
+            print(f"seed {seed} {w}: " + "  ".join(f"{v} {np.mean(x):.4f}" for v, x in d.items()), flush=True)
+    (out / "inference").mkdir(exist_ok=True)
+    (out / "inference" / f"{name}.json").write_text(json.dumps(
+        {"name": name, "seeds": seeds, "means": {f"{w}:{v}": x for (w, v), x in rows.items()}}, indent=1))
+    print(f"\n| weights | variant | validation Dice, mean ± sd over {len(seeds)} seeds | gain over flip TTA at 0.5, "
+          f"paired | t | seeds that gain |\n|---|---|---|---|---|---|")
+    for (w, v), x in rows.items():
+        x, g = np.array(x), np.array(x) - np.array(rows[(w, "tta")])
+        t = g.mean() / (g.std(ddof=1) / np.sqrt(len(g))) if len(g) > 1 and g.std() > 0 else float("nan")
+        print(f"| {w} | {v} | {x.mean():.4f} ± {x.std(ddof=1) if len(x) > 1 else 0:.4f} | "
+              f"{'—' if v == 'tta' else spread(g)} | {'—' if v == 'tta' else f'{t:.1f}'} | "
+              f"{'—' if v == 'tta' else f'{(g > 0).sum()}/{len(g)}'} |")
+
+
 def spread(x: np.ndarray) -> str:
     """'+mean ± sd' of paired gains (sd over seeds; 0 for one seed)."""
     return f"{x.mean():+.4f} ± {x.std(ddof=1) if len(x) > 1 else 0:.4f}"
@@ -337,6 +410,8 @@ def main() -> None:
                     help="with --summary: only the paired gain of one configuration's variant over another's")
     ap.add_argument("--ensemble", nargs="+", metavar="NAME",
                     help="score these trained configurations and their average on each seed's validation, then stop")
+    ap.add_argument("--inference", metavar="NAME",
+                    help="score inference variants (post-processes, threshold rule, no TTA) of NAME's runs, then stop")
     ap.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.summary:
@@ -347,6 +422,10 @@ def main() -> None:
         if args.data is None:
             ap.error("DATA is needed with --ensemble")
         return ensemble(args.data, args.ensemble, args.seeds, args.out)
+    if args.inference:
+        if args.data is None:
+            ap.error("DATA is needed with --inference")
+        return inference(args.data, args.inference, args.seeds, args.out)
     if args.data is None or args.name is None:
         ap.error("DATA and NAME are needed (or --summary FOLDER)")
     cfg = dict(DEFAULTS, EMA=args.ema)

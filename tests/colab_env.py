@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 # what the notebook imports (ipywidgets: tqdm.auto's bars on Colab), plus the kernel and the runner of "Run all"
-PACKAGES = ["numpy", "pandas", "pillow", "matplotlib", "tqdm", "ipywidgets", "kaggle", "ipykernel", "ipython",
+PACKAGES = ["numpy", "pandas", "pillow", "matplotlib", "scipy", "tqdm", "ipywidgets", "kaggle", "ipykernel", "ipython",
             "jupyter_client", "nbclient", "nbformat"]
 COLAB_TORCH = ["torch==2.11.0", "torchvision==0.26.0"]  # Colab's 2.11.0+cu128: PyPI's 2.11.0 is the same code
 PINNED_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]  # the repo's pins, on this machine's disk

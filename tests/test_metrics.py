@@ -128,3 +128,19 @@ def test_lovasz_hinge_matches_reference_and_is_zero_with_margin():
     assert U.lovasz_hinge(logits, target).item() == pytest.approx(_lovasz_reference(logits, target).item(), rel=1e-6)
     assert U.lovasz_hinge((target * 2 - 1) * 1.5, target).item() == 0.0  # right side of every margin
     assert U.DiceBCELoss(0, 0, lovasz_weight=2)(logits, target) == pytest.approx(2 * U.lovasz_hinge(logits, target))
+
+
+def test_drop_small_components_keeps_regions_of_at_least_a_share_of_the_largest():
+    m = np.zeros((40, 40), bool)
+    m[5:25, 5:25] = True  # the person: 400 px
+    m[12:15, 12:15] = False  # a hole is not a region: it stays a hole
+    m[30:33, 30:33] = True  # a 9-px speck ...
+    m[33, 33] = True  # ... and a pixel touching it diagonally: one 8-connected region of 10 px
+    m[0, 39] = True  # a lone pixel
+    kept = U.drop_small_components(m, 0.1)
+    assert kept[5:25, 5:25].sum() == 391 and kept.sum() == 391  # 10 px < 10% of 391: dropped, and the lone pixel
+    one_pct = U.drop_small_components(m, 0.01)
+    assert one_pct[30:, 30:].sum() == 10 and not one_pct[0, 39]  # 10 px >= 3.91 is kept; 1 px is not
+    assert U.drop_small_components(m, 0) is m  # 0: off
+    empty = np.zeros((8, 8), bool)
+    assert not U.drop_small_components(empty, 0.1).any()

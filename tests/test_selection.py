@@ -57,6 +57,14 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     rs = [json.loads((out / f"tiny_s{s}.json").read_text())["scores"] for s in (0, 1)]
     gains = [sum(r["last"]) / len(r["last"]) - sum(r["best"]) / len(r["best"]) for r in rs]
     assert f"paired on seeds 0,1: {gains[0]:+.4f}, {gains[1]:+.4f}; mean {sum(gains) / 2:+.4f}" in said
+    # --inference: its flip-TTA-at-0.5 row is the run's own record; the other rows are paired with it
+    inf = subprocess.run([*cmd[:3], "--inference", "tiny", "--seeds", "0", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert inf.returncode == 0, inf.stderr[-2000:]
+    means = json.loads((out / "inference" / "tiny.json").read_text())["means"]
+    assert means["best:tta"] == [sum(s) / len(s) for s in splits]
+    assert set(means) == {f"{w}:{v}" for w in ("best", "last") for v in ("tta", "cc10", "holes10", "notta", "sweep")}
+    assert "| last | cc10 | " in inf.stdout and "| best | tta | " in inf.stdout
     other = json.loads((out / "tiny_s0.json").read_text())
     other.update(name="other", config={**other["config"], "VAL_FRAC": 0.3})
     (out / "other_s0.json").write_text(json.dumps(other))
@@ -75,6 +83,35 @@ def test_train_frac_shrinks_training_and_keeps_the_validation_images(demo_root):
     assert set(small_train.indices) < set(train.indices)
     assert abs(len(small_train) - len(train) / 2) <= 4  # rounded per coverage stratum
     assert whole.indices == train.indices == small_whole.indices  # a continuation trains on the whole training side
+
+
+def test_post_processes_and_threshold_rule():
+    """--inference's candidates: small enclosed holes filled; the notebook's 2-SE threshold rule."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import selection
+
+    m = np.zeros((40, 40), bool)
+    m[5:25, 5:25] = True  # the person: 400 px
+    m[12:15, 12:15] = False  # a 9-px hole inside it
+    m[30:33, 30:33] = True  # a 10-px speck elsewhere
+    m[33, 33] = True
+    filled = selection.fill_small_holes(m, 0.1)
+    assert filled[5:25, 5:25].all() and filled[30:, 30:].sum() == 10  # the hole (9 < 40 px) filled, the rest as is
+    assert selection.fill_small_holes(m, 0.01).sum() == m.sum()  # 9 px is not < 4 px: kept open
+    border = np.ones((10, 10), bool)
+    border[0, 4] = False  # background touching the image border is not a hole, however small
+    assert selection.fill_small_holes(border, 0.5).sum() == 99
+    th = np.array([0.3, 0.5, 0.7])
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.7, 0.9, (30, 1))
+    steady = np.hstack([base + 0.02, base, base - 0.01])  # 0.3 gains 0.02 on every image
+    assert selection.threshold_rule(steady, th) == 0.3
+    swing = np.where(np.arange(30) % 2, -0.04, 0.06)[:, None]  # mean gain 0.01 < 2 SE (0.019): inside the noise
+    noisy = np.hstack([base + swing, base, base - 0.01])
+    assert noisy.mean(0).argmax() == 0
+    assert selection.threshold_rule(noisy, th) == 0.5
 
 
 def test_architecture_candidates_change_only_what_they_claim():
