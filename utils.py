@@ -1431,13 +1431,30 @@ def drop_small_components(mask: np.ndarray, min_frac: float) -> np.ndarray:
     return (sizes >= min_frac * sizes.max())[labels]
 
 
+def fill_small_holes(mask: np.ndarray, max_frac: float) -> np.ndarray:
+    """The mask with its enclosed background regions smaller than `max_frac` of its area filled (0: unchanged)."""
+    if max_frac <= 0:
+        return mask
+    labels, _ = ndimage.label(~mask)  # background regions, 4-connected (the complement of 8-connected regions)
+    small = np.bincount(labels.ravel()) < max_frac * mask.sum()
+    small[0] = False  # the mask itself
+    small[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = False  # not enclosed
+    return mask | small[labels]
+
+
+def postprocess(mask: np.ndarray, min_component: float, max_hole: float) -> np.ndarray:
+    """Section 7's post-process: drop regions under min_component of the largest, then fill holes under max_hole."""
+    return fill_small_holes(drop_small_components(mask, min_component), max_hole)
+
+
 def postprocess_dice(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool,
-                     threshold: float, min_frac: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image full-resolution Dice at `threshold` without and with drop_small_components (paired)."""
+                     threshold: float, min_component: float, max_hole: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image full-resolution Dice at `threshold` without and with `postprocess` (paired)."""
     raw, post = np.zeros(len(ds)), np.zeros(len(ds))
     for i, prob in tqdm(predict_probs(model, ds, device, tta), total=len(ds), desc="post-proceso", leave=False):
         truth, mask = read_mask(ds.items[i][1]).astype(bool), prob > threshold
-        raw[i], post[i] = dice_score(mask, truth), dice_score(drop_small_components(mask, min_frac), truth)
+        raw[i] = dice_score(mask, truth)
+        post[i] = dice_score(postprocess(mask, min_component, max_hole), truth)
     return raw, post
 
 

@@ -16,7 +16,8 @@ augmentation draws. Every run evaluates several inference variants on the same t
              that continues the run instead of starting anew; with TRAIN_FRAC < 1 it sees images the run did not)
 --inference NAME re-scores NAME's stored runs (best and last weights, no training) against flip TTA at 0.5:
   cc10       regions (8-connected) smaller than 10% of the largest dropped (the notebook's MIN_COMPONENT)
-  holes10    enclosed background regions smaller than 10% of the mask filled
+  holes10    enclosed background regions smaller than 10% of the mask filled (the notebook's MAX_HOLE)
+  cc10_holes10  both, in that order: the notebook's post-process
   notta      no flip TTA
   sweep      the notebook's threshold rule (section 7), chosen on one half of the validation, scored on the other
 Defaults are the notebook's CPU configuration (128 px, base 16, 40 epochs, batch 4).
@@ -263,16 +264,6 @@ def ensemble(data: Path, names: list[str], seeds: list[int], out: Path) -> None:
         print(f"average minus {what}, paired: {spread(gain)}")
 
 
-def fill_small_holes(mask: np.ndarray, frac: float) -> np.ndarray:
-    """The mask with its enclosed background regions (not touching the border) smaller than `frac` of it filled."""
-    from scipy import ndimage
-    lab, _ = ndimage.label(~mask)
-    small = np.bincount(lab.ravel()) < frac * mask.sum()
-    small[0] = False
-    small[np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))] = False
-    return mask | small[lab]
-
-
 def threshold_rule(scores: np.ndarray, thresholds: np.ndarray) -> float:
     """The notebook's choice (section 7): the sweep's best threshold if its paired gain over 0.5 exceeds 2 SE."""
     at_05, best = list(thresholds).index(0.5), int(scores.mean(0).argmax())
@@ -299,7 +290,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
             model = notebook_unet(cfg)(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
             model.load_state_dict(weights(out / "runs" / f"{name}_s{seed}", w))
             model.to(DEVICE)
-            d: dict[str, list[float]] = {"tta": [], "cc10": [], "holes10": [], "notta": []}
+            d: dict[str, list[float]] = {"tta": [], "cc10": [], "holes10": [], "cc10_holes10": [], "notta": []}
             sweep = np.zeros((len(val_ds), len(thresholds)))
             for (i, prob), (_, plain) in zip(U.predict_probs(model, val_ds, DEVICE, tta=True),
                                              U.predict_probs(model, val_ds, DEVICE, tta=False)):
@@ -307,7 +298,8 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
                 sweep[i] = [U.dice_score(prob > th, t) for th in thresholds]
                 d["tta"].append(sweep[i, at_05])
                 d["cc10"].append(U.dice_score(U.drop_small_components(mask, 0.1), t))
-                d["holes10"].append(U.dice_score(fill_small_holes(mask, 0.1), t))
+                d["holes10"].append(U.dice_score(U.fill_small_holes(mask, 0.1), t))
+                d["cc10_holes10"].append(U.dice_score(U.postprocess(mask, 0.1, 0.1), t))
                 d["notta"].append(U.dice_score(plain > 0.5, t))
             halves = [np.arange(len(val_ds))[k::2] for k in (0, 1)]  # choose on one half, score the other
             crossed = np.zeros(len(val_ds))
@@ -328,6 +320,9 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
         print(f"| {w} | {v} | {x.mean():.4f} ± {x.std(ddof=1) if len(x) > 1 else 0:.4f} | "
               f"{'—' if v == 'tta' else spread(g)} | {'—' if v == 'tta' else f'{t:.1f}'} | "
               f"{'—' if v == 'tta' else f'{(g > 0).sum()}/{len(g)}'} |")
+    for w in ("best", "last"):  # the second step of the notebook's post-process, on top of the first
+        g = np.array(rows[(w, "cc10_holes10")]) - np.array(rows[(w, "cc10")])
+        print(f"{w}: cc10_holes10 minus cc10, paired: {spread(g)}, {(g > 0).sum()}/{len(g)} seeds gain")
 
 
 def spread(x: np.ndarray) -> str:

@@ -144,3 +144,20 @@ def test_drop_small_components_keeps_regions_of_at_least_a_share_of_the_largest(
     assert U.drop_small_components(m, 0) is m  # 0: off
     empty = np.zeros((8, 8), bool)
     assert not U.drop_small_components(empty, 0.1).any()
+
+
+def test_fill_small_holes_fills_enclosed_background_below_a_share_of_the_mask():
+    m = np.zeros((40, 40), bool)
+    m[5:25, 5:25] = True
+    m[12:15, 12:15] = False  # a 9-px hole in a 391-px mask
+    m[30:33, 30:33] = True  # a separate region is left alone
+    filled = U.fill_small_holes(m, 0.1)
+    assert filled[5:25, 5:25].all() and (filled ^ m).sum() == 9
+    assert U.fill_small_holes(m, 0.01).sum() == m.sum()  # 9 px is not < 1% of 400 px: stays open
+    assert U.fill_small_holes(m, 0) is m
+    border = np.ones((10, 10), bool)
+    border[0, 4] = False  # background touching the image border is no hole, however small
+    assert U.fill_small_holes(border, 0.5).sum() == 99
+    person = np.zeros_like(m)
+    person[5:25, 5:25] = True
+    assert (U.postprocess(m, 0.1, 0.1) == person).all()  # the 9-px region dropped (< 10% of 391), the hole filled
