@@ -111,8 +111,11 @@ def check_summary(said: str, run_dir: Path, work: Path) -> None:
     assert s["procesos de entrenamiento"] == "2 (DDP), batch 2 por proceso"
     assert s["mejor Dice de validación (resolución de entrada)"] == \
         f"{best:.4f} (época {history['val_dice'].index(best) + 1})"
-    full = re.search(r"TTA sí: Dice de validación ([\d.]+ ± [\d.]+) .*aporte del TTA a 0.5: ([-+][\d.]+)", said)
-    assert s["Dice de validación a tamaño completo (Kaggle)"] == full[1]
+    full = re.search(r"TTA sí: Dice de validación ([\d.]+) ± [\d.]+ .*aporte del TTA a 0.5: ([-+][\d.]+)", said)
+    post = re.search(r"post-proceso: .*\. Dice de validación ([\d.]+) -> ([\d.]+) \(([-+][\d.]+)\)", said)
+    assert post[1] == full[1]  # the post-process starts from the masks section 7 scored ...
+    assert s["Dice de validación a tamaño completo (Kaggle)"].startswith(f"{post[2]} ± ")  # ... the summary: after it
+    assert s["post-proceso (7)"] == f"regiones < 10%, agujeros < 10%: aporte {post[3]}"
     assert s["TTA de volteo"] == f"sí (aporte {full[2]})"
     assert s["umbral"] == re.search(r"-> se usa ([\d.]+)", said)[1]
     assert s["CSV"] == "sub.csv" and (work / "sub.csv").exists()
