@@ -1419,6 +1419,15 @@ def threshold_sweep(model: nn.Module, ds: CachedSegDataset | Subset, device: tor
     return scores, coverage
 
 
+def choose_threshold(scores: np.ndarray, thresholds: Sequence[float]) -> tuple[float, int, float, float]:
+    """Section 7's rule on a sweep's per-image Dice (N x T): (threshold, index of the best, its mean paired gain over
+    0.5, two standard errors of that gain). The best replaces 0.5 only when its gain exceeds the two SE."""
+    at_05, best = list(thresholds).index(0.5), int(scores.mean(0).argmax())
+    gain = scores[:, best] - scores[:, at_05]  # paired, image by image
+    noise = 2 * gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+    return (float(thresholds[best]) if gain.mean() > noise else 0.5), best, float(gain.mean()), float(noise)
+
+
 def drop_small_components(mask: np.ndarray, min_frac: float) -> np.ndarray:
     """The mask without its 8-connected regions smaller than `min_frac` of the largest one (0: unchanged)."""
     if min_frac <= 0:

@@ -264,21 +264,9 @@ def ensemble(data: Path, names: list[str], seeds: list[int], out: Path) -> None:
         print(f"average minus {what}, paired: {spread(gain)}")
 
 
-def threshold_rule(scores: np.ndarray, thresholds: np.ndarray) -> float:
-    """The notebook's choice (section 7): the sweep's best threshold if its paired gain over 0.5 exceeds 2 SE."""
-    at_05, best = list(thresholds).index(0.5), int(scores.mean(0).argmax())
-    gain = scores[:, best] - scores[:, at_05]
-    noise = 2 * gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
-    return float(thresholds[best]) if gain.mean() > noise else 0.5
-
-
 def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
     """Inference variants on NAME's trained runs (best and last weights), per seed's validation images, paired with
     flip TTA at 0.5: post-processes, the notebook's threshold rule cross-fitted on halves, and no TTA."""
-    try:
-        import scipy  # noqa: F401  (Colab and Kaggle ship it; the notebook does not need it)
-    except ImportError:
-        sys.exit("scripts/selection.py --inference needs scipy for connected components: pip install scipy")
     thresholds = np.round(np.arange(0.1, 0.91, 0.05), 2)
     at_05 = list(thresholds).index(0.5)
     rows = {}  # (weights, variant) -> per-seed mean Dice
@@ -304,7 +292,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
             halves = [np.arange(len(val_ds))[k::2] for k in (0, 1)]  # choose on one half, score the other
             crossed = np.zeros(len(val_ds))
             for pick, score in (halves, halves[::-1]):
-                crossed[score] = sweep[score, list(thresholds).index(threshold_rule(sweep[pick], thresholds))]
+                crossed[score] = sweep[score, list(thresholds).index(U.choose_threshold(sweep[pick], thresholds)[0])]
             d["sweep"] = crossed.tolist()
             for v, x in d.items():
                 rows.setdefault((w, v), []).append(float(np.mean(x)))

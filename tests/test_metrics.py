@@ -161,3 +161,17 @@ def test_fill_small_holes_fills_enclosed_background_below_a_share_of_the_mask():
     person = np.zeros_like(m)
     person[5:25, 5:25] = True
     assert (U.postprocess(m, 0.1, 0.1) == person).all()  # the 9-px region dropped (< 10% of 391), the hole filled
+
+
+def test_choose_threshold_moves_from_half_only_beyond_two_standard_errors():
+    """Section 7's rule (also what selection.py --inference cross-fits)."""
+    th = np.array([0.3, 0.5, 0.7])
+    base = np.random.default_rng(0).uniform(0.7, 0.9, (30, 1))
+    steady = np.hstack([base + 0.02, base, base - 0.01])  # 0.3 gains 0.02 on every image
+    threshold, best, gain, noise = U.choose_threshold(steady, th)
+    assert (threshold, best) == (0.3, 0) and gain == pytest.approx(0.02) and noise == pytest.approx(0, abs=1e-12)
+    swing = np.where(np.arange(30) % 2, -0.04, 0.06)[:, None]  # mean gain 0.01 < 2 SE (0.019): inside the noise
+    noisy = np.hstack([base + swing, base, base - 0.01])
+    threshold, best, gain, noise = U.choose_threshold(noisy, th)
+    assert (threshold, best) == (0.5, 0) and gain == pytest.approx(0.01) and noise == pytest.approx(0.0186, abs=1e-4)
+    assert U.choose_threshold(steady[:1], th)[0] == 0.5  # one image: no noise estimate, 0.5 stays

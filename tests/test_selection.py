@@ -88,24 +88,6 @@ def test_train_frac_shrinks_training_and_keeps_the_validation_images(demo_root):
     assert whole.indices == train.indices == small_whole.indices  # a continuation trains on the whole training side
 
 
-def test_threshold_rule():
-    """--inference's cross-fitted threshold choice is the notebook's 2-SE rule."""
-    import numpy as np
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import selection
-
-    th = np.array([0.3, 0.5, 0.7])
-    rng = np.random.default_rng(0)
-    base = rng.uniform(0.7, 0.9, (30, 1))
-    steady = np.hstack([base + 0.02, base, base - 0.01])  # 0.3 gains 0.02 on every image
-    assert selection.threshold_rule(steady, th) == 0.3
-    swing = np.where(np.arange(30) % 2, -0.04, 0.06)[:, None]  # mean gain 0.01 < 2 SE (0.019): inside the noise
-    noisy = np.hstack([base + swing, base, base - 0.01])
-    assert noisy.mean(0).argmax() == 0
-    assert selection.threshold_rule(noisy, th) == 0.5
-
-
 def test_architecture_candidates_change_only_what_they_claim():
     """RESIDUAL swaps the block (identity shortcut where channels match); DEEP_SUP adds heads seen only in training."""
     import torch
