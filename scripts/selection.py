@@ -66,7 +66,8 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
                                    "EDGE_WEIGHT", "EDGE_PX")},
             "EMA": 0.0, "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
             "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0,
-            "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3}
+            "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3, "AFFINE_INTERP": "bilinear"}
+CHOICES = {"AFFINE_INTERP": ("bilinear", "nearest")}  # settings that take a word, and the words they take
 SCALES = (0.75, 1.0, 1.25)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
@@ -161,12 +162,23 @@ def split(data: Path, cfg: dict, seed: int) -> tuple[U.Subset, U.Subset, U.Subse
     coverage = U.per_image_mean(full.masks).numpy()
     strata = U.coverage_bins(coverage)
     train_idx, val_idx = U.stratified_split(strata, cfg["VAL_FRAC"], seed)
-    whole = U.Subset(full, train_idx, U.train_transform(cfg["AUG_STRENGTH"]))
+    whole = U.Subset(full, train_idx, train_transform(cfg))
     if cfg.get("TRAIN_FRAC", 1.0) < 1:  # a learning-curve point (older result files lack the key: --ensemble)
         kept, _ = U.stratified_split([strata[i] for i in train_idx], 1 - cfg["TRAIN_FRAC"], seed)
         train_idx = [train_idx[i] for i in kept]
     full.set_stats(*U.channel_stats(full.images, index=train_idx))
-    return U.Subset(full, train_idx, U.train_transform(cfg["AUG_STRENGTH"])), U.Subset(full, val_idx), whole
+    return U.Subset(full, train_idx, train_transform(cfg)), U.Subset(full, val_idx), whole
+
+
+def train_transform(cfg: dict):
+    """The notebook's augmentation (U.train_transform), with the affine warping images by nearest neighbour if
+    AFFINE_INTERP=nearest (masks are warped by nearest neighbour either way)."""
+    transform = U.train_transform(cfg["AUG_STRENGTH"])
+    if cfg.get("AFFINE_INTERP", "bilinear") == "nearest":  # older result files lack the key
+        affine = transform.transforms[1].transforms[0]
+        assert isinstance(affine, U.v2.RandomAffine), "U.train_transform's second step is no longer the affine"
+        affine.interpolation = U.v2.InterpolationMode.NEAREST
+    return transform
 
 
 def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
@@ -417,7 +429,12 @@ def main() -> None:
         if key not in DEFAULTS:
             ap.error(f"unknown setting {key}; known: {', '.join(DEFAULTS)}")
         default = DEFAULTS[key]
-        cfg[key] = (value == "True") if isinstance(default, bool) else type(default)(float(value))
+        if key in CHOICES and value not in CHOICES[key]:
+            ap.error(f"{key} takes one of {', '.join(CHOICES[key])}, not {value!r}")
+        if key in CHOICES:
+            cfg[key] = value
+        else:
+            cfg[key] = (value == "True") if isinstance(default, bool) else type(default)(float(value))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.one_seed is not None:
         return run_one(args.data, args.name, args.one_seed, cfg, args.out)

@@ -115,3 +115,31 @@ def test_architecture_candidates_change_only_what_they_claim():
     out = ds(x)
     assert [a.shape[-1] for a in ds.aux] == [16, 8, 4]  # 1/2, 1/4, 1/8 of the input, finest first
     assert selection.DeepSupLoss()(out, y) > base_loss(out, y)  # the aux terms are added in training
+
+
+def test_affine_interp_nearest_warps_images_without_new_values():
+    """AFFINE_INTERP=nearest changes how the affine resamples images: bilinear blends pixels, nearest copies them."""
+    import torch
+    from torchvision import tv_tensors
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import selection
+
+    torch.manual_seed(0)
+    img = torch.randint(1, 3, (3, 32, 32), dtype=torch.uint8) * 100  # only 100 and 200: a blend is a new value
+    mask = torch.zeros(1, 32, 32, dtype=torch.uint8)
+    mask[:, 8:20, 8:20] = 1
+    new_values = {}
+    for interp in ("bilinear", "nearest"):
+        transform = selection.train_transform(dict(selection.DEFAULTS, AFFINE_INTERP=interp))
+        affine = transform.transforms[1].transforms[0]
+        assert isinstance(affine, selection.U.v2.RandomAffine)
+        affine.degrees = [10.0, 10.0]  # a fixed, visible rotation
+        torch.manual_seed(1)
+        out_img, out_mask = affine(tv_tensors.Image(img), tv_tensors.Mask(mask))
+        new_values[interp] = set(out_img.unique().tolist()) - set(img.unique().tolist()) - {0}  # 0: fill
+        assert set(out_mask.unique().tolist()) <= {0, 1}  # masks stay nearest either way
+    assert new_values["bilinear"] and not new_values["nearest"]
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "selection.py"), str(ROOT), "x",
+                          "-s", "AFFINE_INTERP=cubic"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "AFFINE_INTERP takes one of bilinear, nearest" in bad.stderr
