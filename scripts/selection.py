@@ -20,6 +20,7 @@ augmentation draws. Every run evaluates several inference variants on the same t
   cc10_holes10  both, in that order: the notebook's post-process
   notta      no flip TTA
   sweep      the notebook's threshold rule (section 7), chosen on one half of the validation, scored on the other
+  and a grid of the post-process's two thresholds (MIN_COMPONENT x MAX_HOLE in PP_GRID), printed as gains over none
 Defaults are the notebook's CPU configuration (128 px, base 16, 40 epochs, batch 4).
 """
 from __future__ import annotations
@@ -69,6 +70,7 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
             "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3, "AFFINE_INTERP": "bilinear"}
 CHOICES = {"AFFINE_INTERP": ("bilinear", "nearest")}  # settings that take a word, and the words they take
 SCALES = (0.75, 1.0, 1.25)
+PP_GRID = (0.0, 0.05, 0.1, 0.2, 0.3)  # --inference: the post-process's two thresholds, each (0: off)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
 
@@ -282,6 +284,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
     thresholds = np.round(np.arange(0.1, 0.91, 0.05), 2)
     at_05 = list(thresholds).index(0.5)
     rows = {}  # (weights, variant) -> per-seed mean Dice
+    grid: dict[str, list] = {}  # weights -> per seed, the PP_GRID x PP_GRID matrix of mean Dice
     for seed in seeds:
         cfg = json.loads((out / f"{name}_s{seed}.json").read_text())["config"]
         val_ds = split(data, cfg, seed)[1]
@@ -292,6 +295,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
             model.to(DEVICE)
             d: dict[str, list[float]] = {"tta": [], "cc10": [], "holes10": [], "cc10_holes10": [], "notta": []}
             sweep = np.zeros((len(val_ds), len(thresholds)))
+            pp = np.zeros((len(val_ds), len(PP_GRID), len(PP_GRID)))  # Dice of U.postprocess(mask, a, b)
             for (i, prob), (_, plain) in zip(U.predict_probs(model, val_ds, DEVICE, tta=True),
                                              U.predict_probs(model, val_ds, DEVICE, tta=False)):
                 mask, t = prob > 0.5, truths[i]
@@ -301,6 +305,9 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
                 d["holes10"].append(U.dice_score(U.fill_small_holes(mask, 0.1), t))
                 d["cc10_holes10"].append(U.dice_score(U.postprocess(mask, 0.1, 0.1), t))
                 d["notta"].append(U.dice_score(plain > 0.5, t))
+                for j, a in enumerate(PP_GRID):  # U.postprocess(mask, a, b), the regions dropped once per a
+                    kept = U.drop_small_components(mask, a)
+                    pp[i, j] = [U.dice_score(U.fill_small_holes(kept, b), t) for b in PP_GRID]
             halves = [np.arange(len(val_ds))[k::2] for k in (0, 1)]  # choose on one half, score the other
             crossed = np.zeros(len(val_ds))
             for pick, score in (halves, halves[::-1]):
@@ -308,10 +315,12 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
             d["sweep"] = crossed.tolist()
             for v, x in d.items():
                 rows.setdefault((w, v), []).append(float(np.mean(x)))
+            grid.setdefault(w, []).append(pp.mean(0).tolist())
             print(f"seed {seed} {w}: " + "  ".join(f"{v} {np.mean(x):.4f}" for v, x in d.items()), flush=True)
     (out / "inference").mkdir(exist_ok=True)
     (out / "inference" / f"{name}.json").write_text(json.dumps(
-        {"name": name, "seeds": seeds, "means": {f"{w}:{v}": x for (w, v), x in rows.items()}}, indent=1))
+        {"name": name, "seeds": seeds, "means": {f"{w}:{v}": x for (w, v), x in rows.items()},
+         "pp_grid": list(PP_GRID), "grid": grid}, indent=1))
     print(f"\n| weights | variant | validation Dice, mean ± sd over {len(seeds)} seeds | gain over flip TTA at 0.5, "
           f"paired | t | seeds that gain |\n|---|---|---|---|---|---|")
     for (w, v), x in rows.items():
@@ -323,6 +332,14 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
     for w in ("best", "last"):  # the second step of the notebook's post-process, on top of the first
         g = np.array(rows[(w, "cc10_holes10")]) - np.array(rows[(w, "cc10")])
         print(f"{w}: cc10_holes10 minus cc10, paired: {spread(g)}, {(g > 0).sum()}/{len(g)} seeds gain")
+    for w in ("best", "last"):  # the post-process thresholds: mean gain over none, paired by seed
+        m = np.array(grid[w])  # seeds x MIN_COMPONENT x MAX_HOLE
+        gain = (m - m[:, :1, :1]).mean(0)
+        head = "| MIN_COMPONENT \\ MAX_HOLE | " + " | ".join(map(str, PP_GRID)) + " |"
+        print(f"\n{w}: U.postprocess(mask, MIN_COMPONENT, MAX_HOLE) minus no post-process, mean over seeds\n"
+              f"{head}\n" + "|---" * (len(PP_GRID) + 1) + "|")
+        for a, row in zip(PP_GRID, gain):
+            print(f"| {a} | " + " | ".join(f"{x:+.4f}" for x in row) + " |")
 
 
 def spread(x: np.ndarray) -> str:

@@ -68,6 +68,14 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     assert "| last | cc10 | " in inf.stdout and "| best | tta | " in inf.stdout
     g = [a - b for a, b in zip(means["last:cc10_holes10"], means["last:cc10"])]
     assert f"last: cc10_holes10 minus cc10, paired: {sum(g) / 2:+.4f}" in inf.stdout
+    record = json.loads((out / "inference" / "tiny.json").read_text())
+    k = record["pp_grid"].index
+    for w in ("best", "last"):  # the threshold grid runs the same function: its cells match the named variants
+        for seed, m in enumerate(record["grid"][w]):
+            assert abs(m[0][0] - means[f"{w}:tta"][seed]) < 1e-12
+            assert abs(m[k(0.1)][0] - means[f"{w}:cc10"][seed]) < 1e-12
+            assert abs(m[k(0.1)][k(0.1)] - means[f"{w}:cc10_holes10"][seed]) < 1e-12
+    assert "| MIN_COMPONENT \\ MAX_HOLE | 0.0 | 0.05 | 0.1 | 0.2 | 0.3 |" in inf.stdout
     other = json.loads((out / "tiny_s0.json").read_text())
     other.update(name="other", config={**other["config"], "VAL_FRAC": 0.3})
     (out / "other_s0.json").write_text(json.dumps(other))
