@@ -340,6 +340,14 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
               f"{head}\n" + "|---" * (len(PP_GRID) + 1) + "|")
         for a, row in zip(PP_GRID, gain):
             print(f"| {a} | " + " | ".join(f"{x:+.4f}" for x in row) + " |")
+        now = PP_GRID.index(_NB["MIN_COMPONENT"]), PP_GRID.index(_NB["MAX_HOLE"])
+        g = m - m[:, now[0], now[1]][:, None, None]  # paired gains over the notebook's thresholds
+        t = g.mean(0) / (g.std(0, ddof=1) / np.sqrt(len(g)) + 1e-12) if len(g) > 1 else np.zeros(g.shape[1:])
+        print(f"\n{w}: minus the notebook's (MIN_COMPONENT, MAX_HOLE) = ({PP_GRID[now[0]]}, {PP_GRID[now[1]]}), "
+              f"paired: mean (t, seeds that gain)\n{head}\n" + "|---" * (len(PP_GRID) + 1) + "|")
+        for a, row, trow, wins in zip(PP_GRID, g.mean(0), t, (g > 0).sum(0)):
+            print(f"| {a} | " + " | ".join(f"{x:+.4f} ({tt:.1f}, {k}/{len(g)})" for x, tt, k in zip(row, trow, wins))
+                  + " |")
 
 
 def spread(x: np.ndarray) -> str:
