@@ -194,9 +194,9 @@ def test_notebook_on_real_photos_scores_above_the_floor(tmp_path, real_root):
     """Real photos, short CPU budget, the default path (validated run, then the final fit on all 232 photos).
 
     96 px x 10 epochs, not the CPU defaults (128 px x 12): with the final fit those took 5.7 min here, 96 x 10 about
-    3.7, what 128 x 12 took before it. Measured: 0.861 (seed 0, 2.7 min, outline weight 10 on a 2-px band, section 7's
-    post-process; 0.857 without it); 0.862 on a 1-px band, 0.851 with weight 5 (floor 0.82), 0.834 without it (floor
-    0.80); README. The floor keeps ~0.03 of margin.
+    3.7, what 128 x 12 took before it. Measured: 0.867 (seed 0, outline weight 10 on a 2-px band, section 7's
+    post-process with MIN_COMPONENT 0.3; 0.861 with 0.1, 2.7 min; 0.857 without it); 0.862 on a 1-px band, 0.851 with
+    weight 5 (floor 0.82), 0.834 without it (floor 0.80); README. The floor (0.83) keeps ~0.03 of margin.
     """
     scorer = ROOT.parent / "shared" / "tools" / "score_submission.py"
     out = run_notebook(tmp_path, f"DATA_DIR={real_root}", "IMG_SIZE=96", "BASE_CHANNELS=16", "EPOCHS=10",
