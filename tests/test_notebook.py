@@ -115,7 +115,10 @@ def check_summary(said: str, run_dir: Path, work: Path) -> None:
     post = re.search(r"post-proceso: .*\. Dice de validación ([\d.]+) -> ([\d.]+) \(([-+][\d.]+)\)", said)
     assert post[1] == full[1]  # the post-process starts from the masks section 7 scored ...
     assert s["Dice de validación a tamaño completo (Kaggle)"].startswith(f"{post[2]} ± ")  # ... the summary: after it
-    assert s["post-proceso (7)"] == f"regiones < 10%, agujeros < 10%: aporte {post[3]}"
+    defaults: dict = {}
+    exec(notebook_cells("parameters")[0], defaults)  # the run used the notebook's own thresholds
+    assert s["post-proceso (7)"] == (f"regiones < {defaults['MIN_COMPONENT']:.0%}, agujeros < "
+                                     f"{defaults['MAX_HOLE']:.0%}: aporte {post[3]}")
     assert s["TTA de volteo"] == f"sí (aporte {full[2]})"
     assert s["umbral"] == re.search(r"-> se usa ([\d.]+)", said)[1]
     assert s["CSV"] == "sub.csv" and (work / "sub.csv").exists()
