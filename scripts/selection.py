@@ -20,7 +20,7 @@ augmentation draws. Every run evaluates several inference variants on the same t
   cc10_holes10  both, in that order: the notebook's post-process
   notta      no flip TTA
   sweep      the notebook's threshold rule (section 7), chosen on one half of the validation, scored on the other
-  and a grid of the post-process's two thresholds (MIN_COMPONENT x MAX_HOLE in PP_GRID), printed as gains over none
+  and a grid of the post-process's two thresholds (MIN_COMPONENT in PP_MIN x MAX_HOLE in PP_HOLE), as gains
 Defaults are the notebook's CPU configuration (128 px, base 16, 40 epochs, batch 4).
 """
 from __future__ import annotations
@@ -70,7 +70,8 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
             "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3, "AFFINE_INTERP": "bilinear"}
 CHOICES = {"AFFINE_INTERP": ("bilinear", "nearest")}  # settings that take a word, and the words they take
 SCALES = (0.75, 1.0, 1.25)
-PP_GRID = (0.0, 0.05, 0.1, 0.2, 0.3)  # --inference: the post-process's two thresholds, each (0: off)
+PP_MIN = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # --inference: MIN_COMPONENT values (0: off; 1: largest region)
+PP_HOLE = (0.0, 0.05, 0.1, 0.2, 0.3)  # and MAX_HOLE values (0: off)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
 
 
@@ -284,7 +285,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
     thresholds = np.round(np.arange(0.1, 0.91, 0.05), 2)
     at_05 = list(thresholds).index(0.5)
     rows = {}  # (weights, variant) -> per-seed mean Dice
-    grid: dict[str, list] = {}  # weights -> per seed, the PP_GRID x PP_GRID matrix of mean Dice
+    grid: dict[str, list] = {}  # weights -> per seed, the PP_MIN x PP_HOLE matrix of mean Dice
     for seed in seeds:
         cfg = json.loads((out / f"{name}_s{seed}.json").read_text())["config"]
         val_ds = split(data, cfg, seed)[1]
@@ -295,7 +296,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
             model.to(DEVICE)
             d: dict[str, list[float]] = {"tta": [], "cc10": [], "holes10": [], "cc10_holes10": [], "notta": []}
             sweep = np.zeros((len(val_ds), len(thresholds)))
-            pp = np.zeros((len(val_ds), len(PP_GRID), len(PP_GRID)))  # Dice of U.postprocess(mask, a, b)
+            pp = np.zeros((len(val_ds), len(PP_MIN), len(PP_HOLE)))  # Dice of U.postprocess(mask, a, b)
             for (i, prob), (_, plain) in zip(U.predict_probs(model, val_ds, DEVICE, tta=True),
                                              U.predict_probs(model, val_ds, DEVICE, tta=False)):
                 mask, t = prob > 0.5, truths[i]
@@ -305,9 +306,9 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
                 d["holes10"].append(U.dice_score(U.fill_small_holes(mask, 0.1), t))
                 d["cc10_holes10"].append(U.dice_score(U.postprocess(mask, 0.1, 0.1), t))
                 d["notta"].append(U.dice_score(plain > 0.5, t))
-                for j, a in enumerate(PP_GRID):  # U.postprocess(mask, a, b), the regions dropped once per a
+                for j, a in enumerate(PP_MIN):  # U.postprocess(mask, a, b), the regions dropped once per a
                     kept = U.drop_small_components(mask, a)
-                    pp[i, j] = [U.dice_score(U.fill_small_holes(kept, b), t) for b in PP_GRID]
+                    pp[i, j] = [U.dice_score(U.fill_small_holes(kept, b), t) for b in PP_HOLE]
             halves = [np.arange(len(val_ds))[k::2] for k in (0, 1)]  # choose on one half, score the other
             crossed = np.zeros(len(val_ds))
             for pick, score in (halves, halves[::-1]):
@@ -320,7 +321,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
     (out / "inference").mkdir(exist_ok=True)
     (out / "inference" / f"{name}.json").write_text(json.dumps(
         {"name": name, "seeds": seeds, "means": {f"{w}:{v}": x for (w, v), x in rows.items()},
-         "pp_grid": list(PP_GRID), "grid": grid}, indent=1))
+         "pp_min": list(PP_MIN), "pp_hole": list(PP_HOLE), "grid": grid}, indent=1))
     print(f"\n| weights | variant | validation Dice, mean ± sd over {len(seeds)} seeds | gain over flip TTA at 0.5, "
           f"paired | t | seeds that gain |\n|---|---|---|---|---|---|")
     for (w, v), x in rows.items():
@@ -335,17 +336,17 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
     for w in ("best", "last"):  # the post-process thresholds: mean gain over none, paired by seed
         m = np.array(grid[w])  # seeds x MIN_COMPONENT x MAX_HOLE
         gain = (m - m[:, :1, :1]).mean(0)
-        head = "| MIN_COMPONENT \\ MAX_HOLE | " + " | ".join(map(str, PP_GRID)) + " |"
+        head = "| MIN_COMPONENT \\ MAX_HOLE | " + " | ".join(map(str, PP_HOLE)) + " |"
         print(f"\n{w}: U.postprocess(mask, MIN_COMPONENT, MAX_HOLE) minus no post-process, mean over seeds\n"
-              f"{head}\n" + "|---" * (len(PP_GRID) + 1) + "|")
-        for a, row in zip(PP_GRID, gain):
+              f"{head}\n" + "|---" * (len(PP_HOLE) + 1) + "|")
+        for a, row in zip(PP_MIN, gain):
             print(f"| {a} | " + " | ".join(f"{x:+.4f}" for x in row) + " |")
-        now = PP_GRID.index(_NB["MIN_COMPONENT"]), PP_GRID.index(_NB["MAX_HOLE"])
+        now = PP_MIN.index(_NB["MIN_COMPONENT"]), PP_HOLE.index(_NB["MAX_HOLE"])
         g = m - m[:, now[0], now[1]][:, None, None]  # paired gains over the notebook's thresholds
         t = g.mean(0) / (g.std(0, ddof=1) / np.sqrt(len(g)) + 1e-12) if len(g) > 1 else np.zeros(g.shape[1:])
-        print(f"\n{w}: minus the notebook's (MIN_COMPONENT, MAX_HOLE) = ({PP_GRID[now[0]]}, {PP_GRID[now[1]]}), "
-              f"paired: mean (t, seeds that gain)\n{head}\n" + "|---" * (len(PP_GRID) + 1) + "|")
-        for a, row, trow, wins in zip(PP_GRID, g.mean(0), t, (g > 0).sum(0)):
+        print(f"\n{w}: minus the notebook's (MIN_COMPONENT, MAX_HOLE) = ({PP_MIN[now[0]]}, {PP_HOLE[now[1]]}), "
+              f"paired: mean (t, seeds that gain)\n{head}\n" + "|---" * (len(PP_HOLE) + 1) + "|")
+        for a, row, trow, wins in zip(PP_MIN, g.mean(0), t, (g > 0).sum(0)):
             print(f"| {a} | " + " | ".join(f"{x:+.4f} ({tt:.1f}, {k}/{len(g)})" for x, tt, k in zip(row, trow, wins))
                   + " |")
 

@@ -69,21 +69,21 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     g = [a - b for a, b in zip(means["last:cc10_holes10"], means["last:cc10"])]
     assert f"last: cc10_holes10 minus cc10, paired: {sum(g) / 2:+.4f}" in inf.stdout
     record = json.loads((out / "inference" / "tiny.json").read_text())
-    k = record["pp_grid"].index
+    k, h = record["pp_min"].index, record["pp_hole"].index
     for w in ("best", "last"):  # the threshold grid runs the same function: its cells match the named variants
         for seed, m in enumerate(record["grid"][w]):
             assert abs(m[0][0] - means[f"{w}:tta"][seed]) < 1e-12
             assert abs(m[k(0.1)][0] - means[f"{w}:cc10"][seed]) < 1e-12
-            assert abs(m[k(0.1)][k(0.1)] - means[f"{w}:cc10_holes10"][seed]) < 1e-12
+            assert abs(m[k(0.1)][h(0.1)] - means[f"{w}:cc10_holes10"][seed]) < 1e-12
     assert "| MIN_COMPONENT \\ MAX_HOLE | 0.0 | 0.05 | 0.1 | 0.2 | 0.3 |" in inf.stdout
     sys.path.insert(0, str(ROOT / "scripts"))
     import selection
 
-    now = k(selection._NB["MIN_COMPONENT"]), k(selection._NB["MAX_HOLE"])  # the notebook's own thresholds
-    g = [a[k(0.05)][k(0.2)] - a[now[0]][now[1]] for a in record["grid"]["last"]]
+    now = k(selection._NB["MIN_COMPONENT"]), h(selection._NB["MAX_HOLE"])  # the notebook's own thresholds
+    g = [a[k(1.0)][h(0.2)] - a[now[0]][now[1]] for a in record["grid"]["last"]]
     row = next(line for line in inf.stdout.split("last: minus the notebook's")[1].splitlines()
-               if line.startswith("| 0.05 |"))
-    assert row.split(" | ")[1 + k(0.2)].startswith(f"{sum(g) / 2:+.4f} (")
+               if line.startswith("| 1.0 |"))
+    assert row.split(" | ")[1 + h(0.2)].startswith(f"{sum(g) / 2:+.4f} (")
     other = json.loads((out / "tiny_s0.json").read_text())
     other.update(name="other", config={**other["config"], "VAL_FRAC": 0.3})
     (out / "other_s0.json").write_text(json.dumps(other))
