@@ -341,6 +341,10 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
               f"{head}\n" + "|---" * (len(PP_HOLE) + 1) + "|")
         for a, row in zip(PP_MIN, gain):
             print(f"| {a} | " + " | ".join(f"{x:+.4f}" for x in row) + " |")
+        if _NB["MIN_COMPONENT"] not in PP_MIN or _NB["MAX_HOLE"] not in PP_HOLE:
+            print(f"the notebook's ({_NB['MIN_COMPONENT']}, {_NB['MAX_HOLE']}) is not on the grid: add it to "
+                  "PP_MIN / PP_HOLE in scripts/selection.py for paired gains over it")
+            continue
         now = PP_MIN.index(_NB["MIN_COMPONENT"]), PP_HOLE.index(_NB["MAX_HOLE"])
         g = m - m[:, now[0], now[1]][:, None, None]  # paired gains over the notebook's thresholds
         t = g.mean(0) / (g.std(0, ddof=1) / np.sqrt(len(g)) + 1e-12) if len(g) > 1 else np.zeros(g.shape[1:])
