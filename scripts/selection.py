@@ -176,12 +176,8 @@ def split(data: Path, cfg: dict, seed: int) -> tuple[U.Subset, U.Subset, U.Subse
 def train_transform(cfg: dict):
     """The notebook's augmentation (U.train_transform), with the affine warping images by nearest neighbour if
     AFFINE_INTERP=nearest (masks are warped by nearest neighbour either way)."""
-    transform = U.train_transform(cfg["AUG_STRENGTH"])
-    if cfg.get("AFFINE_INTERP", "bilinear") == "nearest":  # older result files lack the key
-        affine = transform.transforms[1].transforms[0]
-        assert isinstance(affine, U.v2.RandomAffine), "U.train_transform's second step is no longer the affine"
-        affine.interpolation = U.v2.InterpolationMode.NEAREST
-    return transform
+    interp = cfg.get("AFFINE_INTERP", "bilinear")  # older result files lack the key
+    return U.train_transform(cfg["AUG_STRENGTH"], U.v2.InterpolationMode(interp))
 
 
 def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
@@ -301,14 +297,13 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
                                              U.predict_probs(model, val_ds, DEVICE, tta=False)):
                 mask, t = prob > 0.5, truths[i]
                 sweep[i] = [U.dice_score(prob > th, t) for th in thresholds]
-                d["tta"].append(sweep[i, at_05])
-                d["cc10"].append(U.dice_score(U.drop_small_components(mask, 0.1), t))
-                d["holes10"].append(U.dice_score(U.fill_small_holes(mask, 0.1), t))
-                d["cc10_holes10"].append(U.dice_score(U.postprocess(mask, 0.1, 0.1), t))
-                d["notta"].append(U.dice_score(plain > 0.5, t))
                 for j, a in enumerate(PP_MIN):  # U.postprocess(mask, a, b), the regions dropped once per a
                     kept = U.drop_small_components(mask, a)
                     pp[i, j] = [U.dice_score(U.fill_small_holes(kept, b), t) for b in PP_HOLE]
+                d["tta"].append(sweep[i, at_05])
+                for v, a, b in (("cc10", 0.1, 0.0), ("holes10", 0.0, 0.1), ("cc10_holes10", 0.1, 0.1)):
+                    d[v].append(pp[i, PP_MIN.index(a), PP_HOLE.index(b)])  # the named variants are grid cells
+                d["notta"].append(U.dice_score(plain > 0.5, t))
             halves = [np.arange(len(val_ds))[k::2] for k in (0, 1)]  # choose on one half, score the other
             crossed = np.zeros(len(val_ds))
             for pick, score in (halves, halves[::-1]):
@@ -333,12 +328,11 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
     for w in ("best", "last"):  # the second step of the notebook's post-process, on top of the first
         g = np.array(rows[(w, "cc10_holes10")]) - np.array(rows[(w, "cc10")])
         print(f"{w}: cc10_holes10 minus cc10, paired: {spread(g)}, {(g > 0).sum()}/{len(g)} seeds gain")
+    head = "| MIN_COMPONENT \\ MAX_HOLE | " + " | ".join(map(str, PP_HOLE)) + " |\n" + "|---" * (len(PP_HOLE) + 1) + "|"
     for w in ("best", "last"):  # the post-process thresholds: mean gain over none, paired by seed
         m = np.array(grid[w])  # seeds x MIN_COMPONENT x MAX_HOLE
         gain = (m - m[:, :1, :1]).mean(0)
-        head = "| MIN_COMPONENT \\ MAX_HOLE | " + " | ".join(map(str, PP_HOLE)) + " |"
-        print(f"\n{w}: U.postprocess(mask, MIN_COMPONENT, MAX_HOLE) minus no post-process, mean over seeds\n"
-              f"{head}\n" + "|---" * (len(PP_HOLE) + 1) + "|")
+        print(f"\n{w}: U.postprocess(mask, MIN_COMPONENT, MAX_HOLE) minus no post-process, mean over seeds\n{head}")
         for a, row in zip(PP_MIN, gain):
             print(f"| {a} | " + " | ".join(f"{x:+.4f}" for x in row) + " |")
         if _NB["MIN_COMPONENT"] not in PP_MIN or _NB["MAX_HOLE"] not in PP_HOLE:
@@ -349,7 +343,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
         g = m - m[:, now[0], now[1]][:, None, None]  # paired gains over the notebook's thresholds
         t = g.mean(0) / (g.std(0, ddof=1) / np.sqrt(len(g)) + 1e-12) if len(g) > 1 else np.zeros(g.shape[1:])
         print(f"\n{w}: minus the notebook's (MIN_COMPONENT, MAX_HOLE) = ({PP_MIN[now[0]]}, {PP_HOLE[now[1]]}), "
-              f"paired: mean (t, seeds that gain)\n{head}\n" + "|---" * (len(PP_HOLE) + 1) + "|")
+              f"paired: mean (t, seeds that gain)\n{head}")
         for a, row, trow, wins in zip(PP_MIN, g.mean(0), t, (g > 0).sum(0)):
             print(f"| {a} | " + " | ".join(f"{x:+.4f} ({tt:.1f}, {k}/{len(g)})" for x, tt, k in zip(row, trow, wins))
                   + " |")
@@ -459,9 +453,9 @@ def main() -> None:
         if key not in DEFAULTS:
             ap.error(f"unknown setting {key}; known: {', '.join(DEFAULTS)}")
         default = DEFAULTS[key]
-        if key in CHOICES and value not in CHOICES[key]:
-            ap.error(f"{key} takes one of {', '.join(CHOICES[key])}, not {value!r}")
         if key in CHOICES:
+            if value not in CHOICES[key]:
+                ap.error(f"{key} takes one of {', '.join(CHOICES[key])}, not {value!r}")
             cfg[key] = value
         else:
             cfg[key] = (value == "True") if isinstance(default, bool) else type(default)(float(value))
