@@ -2,15 +2,19 @@
 # The GPU check of issue 10, prepared so that a lent GPU's minutes go to measuring: the notebook's GPU defaults on
 # the dev photos (final fit, then its validated model), beside the plain loop at the same size, width, epochs and
 # seed; test Dice by the competition's scorer, wall time, peak GPU memory. The cells run through
-# scripts/run_cells.py (the GPU image has no papermill), pinned to 2 CPU cores like Colab.
+# scripts/run_cells.py (the GPU image has no papermill), each run pinned to its own 2 CPU cores like Colab.
 #
 #   bash scripts/gpu_check.sh --prepare          # here, once: .gpu/ <- ../shared's photos and tools, torchinfo wheel
 #   bash scripts/gpu_check.sh OUT SEED [SEED...] # on the GPU machine (device tool: carry [".gpu"], OUT=$OUT)
-#   bash scripts/gpu_check.sh --dry-run OUT      # here, on the CPU: the same steps at toy size (64 px, 1 epoch)
+#   bash scripts/gpu_check.sh --dry-run OUT SEED [SEED...]  # here, on the CPU: the same steps at toy size
 #
-# Writes OUT/summary.tsv (one row per run) and OUT/<run>.log. Each seed takes about 5 min on an H100 (2 trainings
-# of 60 epochs at 384 px + the plain loop); a seed is skipped when less than GPU_CHECK_SECONDS_PER_SEED (330) are
-# left before GPU_CHECK_DEADLINE (seconds since the epoch; default: start + 540, inside one 10-minute call).
+# The seeds run side by side, so that one 10-minute call measures several: seed k's notebook on cores 4k and 4k+1,
+# its plain loop on 4k+2 and 4k+3 (when the machine has them; else unpinned), all on the one GPU. A single run
+# uses a small share of a big GPU at the dev set's batch 4, but the runs do share it: the wall times are those
+# of runs sharing the GPU, an upper bound on a run alone. Every command stops at GPU_CHECK_DEADLINE (seconds
+# since the epoch; default: start + 540, inside one 10-minute call); an unfinished run's row says "timeout".
+# Writes OUT/summary.tsv (one row per run), OUT/env.txt, OUT/notebook_lines.txt and OUT/logs.tgz (every log):
+# four files, inside what the device tool brings back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,13 +32,13 @@ if [[ ${1:-} == --prepare ]]; then
     cp -r "$shared/data/persons-vikram" "$KIT/shared/data/"
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$KIT/whl" "torchinfo>=1.8"
     du -sh "$KIT"
-    echo "ready: carry [\".gpu\"] and run: bash scripts/gpu_check.sh \$OUT 0 (then \$OUT 1 in a second call)"
+    echo "ready: carry [\".gpu\"] and run: bash scripts/gpu_check.sh \$OUT 0 1 2 (seeds side by side)"
     exit 0
 fi
 
 DRY=0
 if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; fi
-OUT=${1:?usage: bash scripts/gpu_check.sh OUT SEED [SEED...] | --dry-run OUT | --prepare}
+OUT=${1:?usage: bash scripts/gpu_check.sh OUT SEED [SEED...] | --dry-run OUT SEED [SEED...] | --prepare}
 shift
 SEEDS=("$@")
 [[ ${#SEEDS[@]} -gt 0 ]] || SEEDS=(0)
@@ -42,56 +46,89 @@ SEEDS=("$@")
 mkdir -p "$OUT"
 START=$(date +%s)
 DEADLINE=${GPU_CHECK_DEADLINE:-$((START + 540))}
-PER_SEED=${GPU_CHECK_SECONDS_PER_SEED:-330}
-export PIP_NO_INDEX=1 PIP_FIND_LINKS=$KIT/whl  # the notebook installs torchinfo itself: from the carried wheel
+export PIP_NO_INDEX=1 PIP_FIND_LINKS=$KIT/whl  # torchinfo from the carried wheel
 export TQDM_MININTERVAL=10 PYTHONUNBUFFERED=1  # progress bars: a line per 10 s in the logs
-PIN=()
-if command -v taskset > /dev/null && [[ $(nproc) -gt 2 ]]; then PIN=(taskset -c 0,1); fi
+NCORES=$(nproc)
+PINNED=0
+if command -v taskset > /dev/null && (( NCORES >= 4 * ${#SEEDS[@]} )); then PINNED=1; fi
 
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
+LOGS=$WORK/logs
+mkdir -p "$LOGS"
 DATA=$WORK/real
 SIZE=(); PLAIN=(384 60 --base 32)
 if [[ $DRY == 1 ]]; then SIZE=(-p IMG_SIZE 64 -p EPOCHS 1 -p BASE_CHANNELS 8); PLAIN=(64 1 --base 8); fi
 
 {
-    echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?') dry-run=$DRY"
+    echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?') dry-run=$DRY seeds=${SEEDS[*]}"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
     "$PY" -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__, torch.cuda.is_available())"
-    echo "cores used: ${PIN[*]:-all $(nproc)}"
+    if [[ $PINNED == 1 ]]; then echo "cores: 2 per run (taskset), ${#SEEDS[@]} seeds side by side on $NCORES cores"
+    else echo "cores: unpinned ($NCORES for ${#SEEDS[@]} seeds side by side)"; fi
 } | tee "$OUT/env.txt"
-"$PY" "$KIT/shared/tools/make_dataset.py" "$DATA" > "$OUT/make_dataset.log"
+"$PY" "$KIT/shared/tools/make_dataset.py" "$DATA" > "$LOGS/make_dataset.log"
+# Installed once here: the notebooks, started together, would otherwise run pip at the same time.
+"$PY" -c "import torchinfo" 2> /dev/null || "$PY" -m pip install --quiet --no-deps torchinfo >> "$LOGS/pip.log" 2>&1
 
 printf 'run\tseed\tdice\tmedian_min\twall_s\tpeak_gpu\n' > "$OUT/summary.tsv"
 score() {  # score CSV NAME SEED WALL PEAK: one summary row from the competition's scorer
     local s
     s=$("$PY" "$KIT/shared/tools/score_submission.py" "$1" "$DATA/test_masks" 2>&1) || s="invalid: $s"
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$(grep -o 'dice=[0-9.]*' <<< "$s" | cut -d= -f2 || echo "$s")" \
-        "$(grep -o 'median=[0-9.]* min=[0-9.]*' <<< "$s" || true)" "$4" "$5" | tee -a "$OUT/summary.tsv"
+        "$(grep -o 'median=[0-9.]* min=[0-9.]*' <<< "$s" || true)" "$4" "$5" >> "$OUT/summary.tsv"
 }
-timed() {  # timed NAME CMD...: run CMD with its log in OUT/NAME.log; prints the wall seconds
-    local name=$1 t0=$SECONDS
+timed() {  # timed NAME CMD...: CMD with its log in LOGS/NAME.log, stopped at the deadline; prints the wall seconds
+    local name=$1 t0=$SECONDS left=$((DEADLINE - $(date +%s))) rc=0
     shift
-    "$@" > "$OUT/$name.log" 2>&1 || {
-        echo "error: $name failed, see $OUT/$name.log" >&2; tail -20 "$OUT/$name.log" >&2; return 1; }
+    (( left > 0 )) || { echo "timeout"; return 1; }
+    timeout "$left" "$@" > "$LOGS/$name.log" 2>&1 || rc=$?
+    if (( rc == 124 )); then echo "timeout"; return 1; fi
+    if (( rc != 0 )); then echo "failed"; tail -20 "$LOGS/$name.log" >&2; return 1; fi
     echo $((SECONDS - t0))
 }
-nb() {  # nb ARGS...: the notebook's cells with these -p parameters
-    "${PIN[@]}" "$PY" scripts/run_cells.py obligatorio.ipynb -p DATA_DIR "$DATA" "${SIZE[@]}" "$@"
+peak() { grep -o 'peak CUDA memory: [0-9.]* GiB allocated, [0-9.]* GiB reserved' "$LOGS/$1.log" | cut -d: -f2 || echo "-"; }
+cores() {  # cores FIRST: the taskset prefix for cores FIRST and FIRST+1 when pinning, else nothing
+    [[ $PINNED == 1 ]] && echo "taskset -c $1,$(($1 + 1))" || true
 }
-peak() { grep -o 'peak CUDA memory: [0-9.]* GiB allocated, [0-9.]* GiB reserved' "$OUT/$1.log" | cut -d: -f2 || echo "-"; }
 
+notebook_chain() {  # notebook_chain SEED CORE: final fit, then the validated model from the same RUN_DIR
+    local s=$1 run=$WORK/run$1 w pc
+    read -ra pc <<< "$(cores "$2")"
+    if w=$(timed "nb_final_s$s" "${pc[@]}" "$PY" scripts/run_cells.py obligatorio.ipynb -p DATA_DIR "$DATA" \
+            "${SIZE[@]}" -p SEED "$s" -p RUN_DIR "$run" -p SUBMISSION_PATH "$WORK/nb$s.csv"); then
+        score "$WORK/nb$s.csv" "notebook_final_fit" "$s" "$w" "$(peak "nb_final_s$s")"
+    else
+        printf 'notebook_final_fit\t%s\t%s\t-\t-\t-\n' "$s" "$w" >> "$OUT/summary.tsv"; return 0
+    fi
+    if w=$(timed "nb_validated_s$s" "${pc[@]}" "$PY" scripts/run_cells.py obligatorio.ipynb -p DATA_DIR "$DATA" \
+            "${SIZE[@]}" -p SEED "$s" -p RUN_DIR "$run" -p FINAL_FIT False -p SUBMISSION_PATH "$WORK/nbval$s.csv"); then
+        score "$WORK/nbval$s.csv" "notebook_validated_model" "$s" "$w" "-"
+    else
+        printf 'notebook_validated_model\t%s\t%s\t-\t-\t-\n' "$s" "$w" >> "$OUT/summary.tsv"
+    fi
+}
+plain_chain() {  # plain_chain SEED CORE: the plain loop at the same size, width, epochs and seed
+    local s=$1 w pc
+    read -ra pc <<< "$(cores "$2")"
+    if w=$(timed "plain_s$s" "${pc[@]}" "$PY" "$KIT/shared/tools/plain_loop.py" "$DATA" "${PLAIN[@]}" --seed "$s" \
+            --out "$WORK/plain$s.csv"); then
+        score "$WORK/plain$s.csv" "plain_loop ${PLAIN[*]}" "$s" "$w" "-"
+    else
+        printf 'plain_loop %s\t%s\t%s\t-\t-\t-\n' "${PLAIN[*]}" "$s" "$w" >> "$OUT/summary.tsv"
+    fi
+}
+
+k=0
 for s in "${SEEDS[@]}"; do
-    if (( $(date +%s) + PER_SEED > DEADLINE )); then echo "seed $s skipped: under $PER_SEED s left"; continue; fi
-    run=$WORK/run$s
-    w=$(timed "nb_final_s$s" nb -p SEED "$s" -p RUN_DIR "$run" -p SUBMISSION_PATH "$WORK/nb$s.csv")
-    score "$WORK/nb$s.csv" "notebook_final_fit" "$s" "$w" "$(peak "nb_final_s$s")"
-    w=$(timed "nb_validated_s$s" nb -p SEED "$s" -p RUN_DIR "$run" -p FINAL_FIT False \
-        -p SUBMISSION_PATH "$WORK/nbval$s.csv")
-    score "$WORK/nbval$s.csv" "notebook_validated_model" "$s" "$w" "-"
-    w=$(timed "plain_s$s" "${PIN[@]}" "$PY" "$KIT/shared/tools/plain_loop.py" "$DATA" "${PLAIN[@]}" --seed "$s" \
-        --out "$WORK/plain$s.csv")
-    score "$WORK/plain$s.csv" "plain_loop ${PLAIN[*]}" "$s" "$w" "-"
+    notebook_chain "$s" $((4 * k)) &
+    plain_chain "$s" $((4 * k + 2)) &
+    k=$((k + 1))
 done
-grep -hE "^batch [0-9]+:|min en esta sesión|tamaño completo" "$OUT"/nb_*.log > "$OUT/notebook_lines.txt" || true
+wait
+for f in "$LOGS"/nb_*.log; do  # each run's batch, validation Dice, times and GPU memory, without progress bars
+    echo "== $(basename "$f" .log)"
+    grep -E "^batch [0-9]+:|mejor Dice de validación|min en esta sesión|modelo final|peak CUDA" "$f" | grep -v "it/s" || true
+done > "$OUT/notebook_lines.txt"
+tar -czf "$OUT/logs.tgz" -C "$WORK" logs
 echo "done in $(( $(date +%s) - START )) s; $OUT/summary.tsv:"
 column -t -s $'\t' "$OUT/summary.tsv" 2>/dev/null || cat "$OUT/summary.tsv"
