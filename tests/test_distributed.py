@@ -48,7 +48,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(UNet, demo_ds, tmp_p
     for key in ("train_loss", "val_loss", "train_dice", "val_dice", "lr"):
         assert h2[key] == pytest.approx(h1[key], rel=1e-4, abs=1e-6), key
     diff = max((a - b).abs().max().item() for a, b in zip(one.state_dict().values(), two.state_dict().values()))
-    assert diff < 1e-4, diff  # float summation order differs; Adam's step is about 1e-3 per weight
+    # Float summation order differs with the CPU's kernels: measured 2e-4 on an AMD EPYC (under 1e-4 on Intel Xeons),
+    # while the weights move up to 0.024 in these 15 steps and DDP over another permutation (seed=1) ends 0.040 away.
+    assert diff < 1e-3, diff
 
 
 def test_with_batchnorm_and_augmentation_the_losses_track_one_process(UNet, demo_ds, tmp_path, capfd):
