@@ -91,31 +91,31 @@ cores() {  # cores FIRST: the taskset prefix for cores FIRST and FIRST+1 when pi
     [[ $PINNED == 1 ]] && echo "taskset -c $1,$(($1 + 1))" || true
 }
 
+scored() {  # scored ROW SEED LOG CSV PEAK CMD...: CMD timed; its CSV's summary row, or the row of an unfinished run
+    local row=$1 s=$2 log=$3 csv=$4 want_peak=$5 w
+    shift 5
+    if ! w=$(timed "$log" "$@"); then
+        printf '%s\t%s\t%s\t-\t-\t-\n' "$row" "$s" "$w" >> "$OUT/summary.tsv"; return 1
+    fi
+    score "$csv" "$row" "$s" "$w" "$([[ $want_peak == 1 ]] && peak "$log" || echo "-")"
+}
+
 notebook_chain() {  # notebook_chain SEED CORE: final fit, then the validated model from the same RUN_DIR
-    local s=$1 run=$WORK/run$1 w pc
+    local s=$1 pc nb
     read -ra pc <<< "$(cores "$2")"
-    if w=$(timed "nb_final_s$s" "${pc[@]}" "$PY" scripts/run_cells.py obligatorio.ipynb -p DATA_DIR "$DATA" \
-            "${SIZE[@]}" -p SEED "$s" -p RUN_DIR "$run" -p SUBMISSION_PATH "$WORK/nb$s.csv"); then
-        score "$WORK/nb$s.csv" "notebook_final_fit" "$s" "$w" "$(peak "nb_final_s$s")"
-    else
-        printf 'notebook_final_fit\t%s\t%s\t-\t-\t-\n' "$s" "$w" >> "$OUT/summary.tsv"; return 0
-    fi
-    if w=$(timed "nb_validated_s$s" "${pc[@]}" "$PY" scripts/run_cells.py obligatorio.ipynb -p DATA_DIR "$DATA" \
-            "${SIZE[@]}" -p SEED "$s" -p RUN_DIR "$run" -p FINAL_FIT False -p SUBMISSION_PATH "$WORK/nbval$s.csv"); then
-        score "$WORK/nbval$s.csv" "notebook_validated_model" "$s" "$w" "-"
-    else
-        printf 'notebook_validated_model\t%s\t%s\t-\t-\t-\n' "$s" "$w" >> "$OUT/summary.tsv"
-    fi
+    nb=("${pc[@]}" "$PY" scripts/run_cells.py obligatorio.ipynb -p DATA_DIR "$DATA" "${SIZE[@]}" -p SEED "$s"
+        -p RUN_DIR "$WORK/run$s")
+    scored notebook_final_fit "$s" "nb_final_s$s" "$WORK/nb$s.csv" 1 \
+        "${nb[@]}" -p SUBMISSION_PATH "$WORK/nb$s.csv" || return 0
+    scored notebook_validated_model "$s" "nb_validated_s$s" "$WORK/nbval$s.csv" 0 \
+        "${nb[@]}" -p FINAL_FIT False -p SUBMISSION_PATH "$WORK/nbval$s.csv" || true
 }
 plain_chain() {  # plain_chain SEED CORE: the plain loop at the same size, width, epochs and seed
-    local s=$1 w pc
+    local s=$1 pc
     read -ra pc <<< "$(cores "$2")"
-    if w=$(timed "plain_s$s" "${pc[@]}" "$PY" "$KIT/shared/tools/plain_loop.py" "$DATA" "${PLAIN[@]}" --seed "$s" \
-            --out "$WORK/plain$s.csv"); then
-        score "$WORK/plain$s.csv" "plain_loop ${PLAIN[*]}" "$s" "$w" "-"
-    else
-        printf 'plain_loop %s\t%s\t%s\t-\t-\t-\n' "${PLAIN[*]}" "$s" "$w" >> "$OUT/summary.tsv"
-    fi
+    scored "plain_loop ${PLAIN[*]}" "$s" "plain_s$s" "$WORK/plain$s.csv" 0 \
+        "${pc[@]}" "$PY" "$KIT/shared/tools/plain_loop.py" "$DATA" "${PLAIN[@]}" --seed "$s" --out "$WORK/plain$s.csv" \
+        || true
 }
 
 k=0
@@ -125,6 +125,7 @@ for s in "${SEEDS[@]}"; do
     k=$((k + 1))
 done
 wait
+shopt -s nullglob  # no notebook log when the deadline came before any run started
 for f in "$LOGS"/nb_*.log; do  # each run's batch, validation Dice, times and GPU memory, without progress bars
     echo "== $(basename "$f" .log)"
     grep -E "^batch [0-9]+:|mejor Dice de validación|min en esta sesión|modelo final|peak CUDA" "$f" | grep -v "it/s" || true
