@@ -1,6 +1,7 @@
 """Speed and memory benchmark: input pipeline, training step, inference + RLE + CSV.
 
     python bench.py --data DIR [--size 384] [--base 32] [--batch 16] [--amp fp16] [--parts loader,train,memory,infer]
+    python bench.py --data DIR --size 128 --base 16 --batch 4 --steps 40 --parts train,compute   # the CPU config
 
 DIR is a competition-layout folder (the Kaggle download, or one made by
 ../shared/tools/make_dataset.py). Figures are printed as a table and written to --out.
@@ -8,7 +9,8 @@ The notebook's pipeline (uint8 cache in RAM, augmentation and normalisation on t
 compared with the original student's (PNG decoded, resized, augmented and normalised per item
 in 2 DataLoader workers). On CUDA it also measures the default GPU config (AMP, channels_last)
 against a fp32 / contiguous / decode-per-item baseline, with peak GPU memory, and the peak
-memory of larger sizes and batches.
+memory of larger sizes and batches. `compute` counts the training step's FLOPs and times a large matmul, the
+device's practical ceiling: how far the measured rate is from it, and the least time N training images can take.
 """
 from __future__ import annotations
 
@@ -103,6 +105,21 @@ def train_rate(model, loader, device, dtype, channels_last, steps) -> tuple[floa
     return n / (time.perf_counter() - t0), peak
 
 
+def matmul_rate(device, dtype, n=2048, reps=20) -> float:
+    """GFLOP/s of an n x n matmul in `dtype` on `device`: a practical ceiling for the convolutions' arithmetic."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
 def step_peak(model, size, batch, device, dtype) -> float:
     """Peak GiB of two real training steps (random data) at this size and batch; nan when out of memory."""
     try:
@@ -138,7 +155,7 @@ def main() -> None:
                     help="autocast dtype of the default config (auto: bf16 on Ampere+, fp16 on a T4)")
     ap.add_argument("--steps", type=int, default=10, help="training steps timed per config")
     ap.add_argument("--parts", default="loader,train,memory,infer",
-                    help="comma-separated subset of loader,train,memory,infer (memory: CUDA only)")
+                    help="comma-separated subset of loader,train,memory,infer,compute (memory: CUDA only)")
     ap.add_argument("--out", type=Path, default=Path("outputs/bench.json"))
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -182,6 +199,16 @@ def main() -> None:
             channels_last=False, steps=a.steps)
         torch.backends.cudnn.allow_tf32 = True
         r["train speed-up"] = r["train img/s default"] / r["train img/s baseline (fp32, NCHW, decode)"]
+    if "compute" in parts:  # the step's arithmetic against the device's matmul rate
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as flops:  # convolutions and matmuls, forward and backward
+            ns["UNet"](base=a.base).to(device)(torch.randn(1, 3, a.size, a.size, device=device)).sum().backward()
+        r["GFLOP per training image (fwd+bwd)"] = flops.get_total_flops() / 1e9
+        ceiling = f"matmul GFLOP/s ({dtype or torch.float32}, 2048x2048)"
+        r[ceiling] = matmul_rate(device, dtype or torch.float32)
+        if "train img/s default" in r:
+            r["train GFLOP/s (img/s x GFLOP)"] = r["train img/s default"] * r["GFLOP per training image (fwd+bwd)"]
+            r["share of the matmul rate"] = r["train GFLOP/s (img/s x GFLOP)"] / r[ceiling]
     if "memory" in parts and device.type == "cuda":
         for size in (384, 512):
             for batch in (16, 32):
