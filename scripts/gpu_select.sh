@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Selection on validation at the GPU defaults (issue 10: on the dev photos the GPU defaults score below the CPU
+# config), prepared so that one 10-minute device call compares GPU settings over several seeds. Each
+# (configuration, seed) is one scripts/selection.py run: the notebook's stratified split of the TRAINING photos,
+# training at 384 px / base 32 / 60 epochs (AMP on the GPU) plus the configuration's own settings, full-size
+# validation Dice. Test answers are never read. All runs go side by side on the one GPU, each pinned to 2 cores.
+#
+#   bash scripts/gpu_check.sh --prepare                          # here, once: the same .gpu/ kit
+#   bash scripts/gpu_select.sh OUT [NAME:KEY=VALUE,KEY=VALUE ...] # on the GPU machine (carry [".gpu"])
+#   bash scripts/gpu_select.sh --dry-run OUT [...]               # here, on the CPU: the same steps at toy size
+#
+# Without configurations it compares the outline band: gpu_band2:EDGE_PX=2 (today's default, 4.2 photo pixels at
+# 384 px) against gpu_band8:EDGE_PX=8 (the same 16.7 photo pixels as the 2-px band chosen at 96 px). SEEDS (default
+# "0 1 2") sets the seeds; the first configuration is the reference of the paired gains. Every run stops at
+# GPU_SELECT_DEADLINE (seconds since the epoch; default: start + 560); an unfinished run leaves no result.
+# Writes OUT/summary.txt (the table and the paired gains), OUT/results.tgz (the runs' JSON files, for
+# `selection.py --summary`), OUT/env.txt and OUT/logs.tgz.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+KIT=${GPU_KIT:-$ROOT/.gpu}  # the tests point it at a kit of their own
+PY=python3
+[[ -x $ROOT/.venv/bin/python ]] && PY=$ROOT/.venv/bin/python
+
+DRY=0
+if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; fi
+OUT=${1:?usage: bash scripts/gpu_select.sh [--dry-run] OUT [NAME:KEY=VALUE,KEY=VALUE ...]}
+shift
+CONFIGS=("$@")
+[[ ${#CONFIGS[@]} -gt 0 ]] || CONFIGS=(gpu_band2:EDGE_PX=2 gpu_band8:EDGE_PX=8)
+read -ra SEEDS <<< "${SEEDS:-0 1 2}"
+[[ -d $KIT/shared/tools ]] || { echo "error: $KIT is missing: run 'bash scripts/gpu_check.sh --prepare' here first, then carry .gpu" >&2; exit 1; }
+for c in "${CONFIGS[@]}"; do
+    [[ $c =~ ^[A-Za-z0-9_.-]+(:[A-Z_]+=[^,]+(,[A-Z_]+=[^,]+)*)?$ ]] || {
+        echo "error: configuration '$c' is not NAME or NAME:KEY=VALUE,KEY=VALUE (keys: scripts/selection.py --help)" >&2
+        exit 1; }
+done
+mkdir -p "$OUT"
+START=$(date +%s)
+DEADLINE=${GPU_SELECT_DEADLINE:-$((START + 560))}
+export PYTHONUNBUFFERED=1
+BASE=(-s IMG_SIZE=384 -s BASE_CHANNELS=32 -s EPOCHS=60)
+if [[ $DRY == 1 ]]; then BASE=(-s IMG_SIZE=64 -s BASE_CHANNELS=8 -s EPOCHS=1); fi
+NJOBS=$(( ${#CONFIGS[@]} * ${#SEEDS[@]} ))
+NCORES=$(nproc)
+PINNED=0
+if command -v taskset > /dev/null && (( NCORES >= 2 * NJOBS )); then PINNED=1; fi
+THREADS=2
+(( PINNED == 1 )) || THREADS=$(( NCORES / NJOBS > 0 ? NCORES / NJOBS : 1 ))
+
+WORK=$(mktemp -d /tmp/gpu_select.XXXXXX)
+mkdir -p "$WORK/logs" "$WORK/sel"
+DATA=$WORK/real
+{
+    echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?') dry-run=$DRY"
+    echo "# seeds: ${SEEDS[*]}; configurations: ${CONFIGS[*]}; common: ${BASE[*]}"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$PY" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available())"
+    if [[ $PINNED == 1 ]]; then echo "cores: 2 per run (taskset), $NJOBS runs side by side on $NCORES cores"
+    else echo "cores: unpinned, $THREADS threads per run ($NJOBS runs on $NCORES cores)"; fi
+} | tee "$OUT/env.txt"
+"$PY" "$KIT/shared/tools/make_dataset.py" "$DATA" > "$WORK/logs/make_dataset.log"
+
+one() {  # one NAME SETTINGS SEED FIRST_CORE: one selection run, stopped at the deadline
+    local name=$1 settings=$2 seed=$3 left=$((DEADLINE - $(date +%s))) sets=() pin=() rc=0 kv
+    (( left > 0 )) || { echo "$name seed $seed: not started (deadline)" >> "$WORK/status.txt"; return; }
+    IFS=, read -ra kv <<< "$settings"
+    for x in "${kv[@]}"; do [[ -n $x ]] && sets+=(-s "$x"); done
+    [[ $PINNED == 1 ]] && pin=(taskset -c "$4,$(($4 + 1))")
+    OMP_NUM_THREADS=$THREADS timeout "$left" "${pin[@]}" "$PY" scripts/selection.py "$DATA" "$name" --out "$WORK/sel" \
+        "${BASE[@]}" "${sets[@]}" --one-seed "$seed" > "$WORK/logs/${name}_s$seed.log" 2>&1 || rc=$?
+    case $rc in
+        0) echo "$name seed $seed: done in $(( $(date +%s) - START )) s" ;;
+        124) echo "$name seed $seed: timeout" ;;
+        *) echo "$name seed $seed: failed (exit $rc)"; tail -5 "$WORK/logs/${name}_s$seed.log" ;;
+    esac >> "$WORK/status.txt"
+}
+
+k=0
+for s in "${SEEDS[@]}"; do
+    for c in "${CONFIGS[@]}"; do
+        one "${c%%:*}" "$([[ $c == *:* ]] && echo "${c#*:}" || true)" "$s" $((2 * k)) &
+        k=$((k + 1))
+    done
+done
+wait
+REF=${CONFIGS[0]%%:*}
+{
+    sort "$WORK/status.txt"
+    echo
+    if compgen -G "$WORK/sel/*.json" > /dev/null; then
+        "$PY" scripts/selection.py --summary "$WORK/sel" --ref "$REF"
+        for c in "${CONFIGS[@]:1}"; do
+            for v in best last; do
+                echo "== ${c%%:*}:$v vs $REF:$v"
+                "$PY" scripts/selection.py --summary "$WORK/sel" --pair "${c%%:*}:$v" "$REF:$v" || true
+            done
+        done
+    else
+        echo "no run finished"
+    fi
+} 2>&1 | tee "$OUT/summary.txt"
+tar -czf "$OUT/results.tgz" -C "$WORK" $(cd "$WORK" && ls sel/*.json 2>/dev/null || true) status.txt
+tar -czf "$OUT/logs.tgz" -C "$WORK" logs
+echo "done in $(( $(date +%s) - START )) s"
