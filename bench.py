@@ -203,12 +203,12 @@ def main() -> None:
         from torch.utils.flop_counter import FlopCounterMode
         with FlopCounterMode(display=False) as flops:  # convolutions and matmuls, forward and backward
             ns["UNet"](base=a.base).to(device)(torch.randn(1, 3, a.size, a.size, device=device)).sum().backward()
-        r["GFLOP per training image (fwd+bwd)"] = flops.get_total_flops() / 1e9
-        ceiling = f"matmul GFLOP/s ({dtype or torch.float32}, 2048x2048)"
-        r[ceiling] = matmul_rate(device, dtype or torch.float32)
+        gflop = r["GFLOP per training image (fwd+bwd)"] = flops.get_total_flops() / 1e9
+        matmul_dtype = dtype or torch.float32
+        ceiling = r[f"matmul GFLOP/s ({matmul_dtype}, 2048x2048)"] = matmul_rate(device, matmul_dtype)
         if "train img/s default" in r:
-            r["train GFLOP/s (img/s x GFLOP)"] = r["train img/s default"] * r["GFLOP per training image (fwd+bwd)"]
-            r["share of the matmul rate"] = r["train GFLOP/s (img/s x GFLOP)"] / r[ceiling]
+            rate = r["train GFLOP/s (img/s x GFLOP)"] = r["train img/s default"] * gflop
+            r["share of the matmul rate"] = rate / ceiling
     if "memory" in parts and device.type == "cuda":
         for size in (384, 512):
             for batch in (16, 32):

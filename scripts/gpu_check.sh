@@ -16,11 +16,7 @@
 # Writes OUT/summary.tsv (one row per run), OUT/env.txt, OUT/notebook_lines.txt and OUT/logs.tgz (every log):
 # four files, inside what the device tool brings back.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-KIT=$ROOT/.gpu
-PY=python3
-[[ -x $ROOT/.venv/bin/python ]] && PY=$ROOT/.venv/bin/python
+source "$(dirname "$0")/gpu_common.sh"  # ROOT (the working folder), KIT, PY, require_kit, machine_lines, can_pin
 
 if [[ ${1:-} == --prepare ]]; then
     shared=$ROOT/../shared
@@ -42,7 +38,7 @@ OUT=${1:?usage: bash scripts/gpu_check.sh OUT SEED [SEED...] | --dry-run OUT SEE
 shift
 SEEDS=("$@")
 [[ ${#SEEDS[@]} -gt 0 ]] || SEEDS=(0)
-[[ -d $KIT/shared/tools ]] || { echo "error: $KIT is missing: run 'bash scripts/gpu_check.sh --prepare' here first, then carry .gpu" >&2; exit 1; }
+require_kit
 mkdir -p "$OUT"
 START=$(date +%s)
 DEADLINE=${GPU_CHECK_DEADLINE:-$((START + 540))}
@@ -50,7 +46,7 @@ export PIP_NO_INDEX=1 PIP_FIND_LINKS=$KIT/whl  # torchinfo from the carried whee
 export TQDM_MININTERVAL=10 PYTHONUNBUFFERED=1  # progress bars: a line per 10 s in the logs
 NCORES=$(nproc)
 PINNED=0
-if command -v taskset > /dev/null && (( NCORES >= 4 * ${#SEEDS[@]} )); then PINNED=1; fi
+if can_pin $((4 * ${#SEEDS[@]})); then PINNED=1; fi
 
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
 LOGS=$WORK/logs
@@ -61,8 +57,7 @@ if [[ $DRY == 1 ]]; then SIZE=(-p IMG_SIZE 64 -p EPOCHS 1 -p BASE_CHANNELS 8); P
 
 {
     echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?') dry-run=$DRY seeds=${SEEDS[*]}"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-    "$PY" -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__, torch.cuda.is_available())"
+    machine_lines
     if [[ $PINNED == 1 ]]; then echo "cores: 2 per run (taskset), ${#SEEDS[@]} seeds side by side on $NCORES cores"
     else echo "cores: unpinned ($NCORES for ${#SEEDS[@]} seeds side by side)"; fi
 } | tee "$OUT/env.txt"

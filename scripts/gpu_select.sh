@@ -16,11 +16,7 @@
 # Writes OUT/summary.txt (the table and the paired gains), OUT/results.tgz (the runs' JSON files, for
 # `selection.py --summary`), OUT/env.txt and OUT/logs.tgz.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-KIT=${GPU_KIT:-$ROOT/.gpu}  # the tests point it at a kit of their own
-PY=python3
-[[ -x $ROOT/.venv/bin/python ]] && PY=$ROOT/.venv/bin/python
+source "$(dirname "$0")/gpu_common.sh"  # ROOT (the working folder), KIT, PY, require_kit, machine_lines, can_pin
 
 DRY=0
 if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; fi
@@ -29,7 +25,7 @@ shift
 CONFIGS=("$@")
 [[ ${#CONFIGS[@]} -gt 0 ]] || CONFIGS=(gpu_band2:EDGE_PX=2 gpu_band8:EDGE_PX=8)
 read -ra SEEDS <<< "${SEEDS:-0 1 2}"
-[[ -d $KIT/shared/tools ]] || { echo "error: $KIT is missing: run 'bash scripts/gpu_check.sh --prepare' here first, then carry .gpu" >&2; exit 1; }
+require_kit
 for c in "${CONFIGS[@]}"; do
     [[ $c =~ ^[A-Za-z0-9_.-]+(:[A-Z_]+=[^,]+(,[A-Z_]+=[^,]+)*)?$ ]] || {
         echo "error: configuration '$c' is not NAME or NAME:KEY=VALUE,KEY=VALUE (keys: scripts/selection.py --help)" >&2
@@ -44,7 +40,7 @@ if [[ $DRY == 1 ]]; then BASE=(-s IMG_SIZE=64 -s BASE_CHANNELS=8 -s EPOCHS=1); f
 NJOBS=$(( ${#CONFIGS[@]} * ${#SEEDS[@]} ))
 NCORES=$(nproc)
 PINNED=0
-if command -v taskset > /dev/null && (( NCORES >= 2 * NJOBS )); then PINNED=1; fi
+if can_pin $((2 * NJOBS)); then PINNED=1; fi
 THREADS=2
 (( PINNED == 1 )) || THREADS=$(( NCORES / NJOBS > 0 ? NCORES / NJOBS : 1 ))
 
@@ -54,8 +50,7 @@ DATA=$WORK/real
 {
     echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?') dry-run=$DRY"
     echo "# seeds: ${SEEDS[*]}; configurations: ${CONFIGS[*]}; common: ${BASE[*]}"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-    "$PY" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available())"
+    machine_lines
     if [[ $PINNED == 1 ]]; then echo "cores: 2 per run (taskset), $NJOBS runs side by side on $NCORES cores"
     else echo "cores: unpinned, $THREADS threads per run ($NJOBS runs on $NCORES cores)"; fi
 } | tee "$OUT/env.txt"
