@@ -6,6 +6,7 @@ and score it on validation only (full-size Dice, as Kaggle computes it). Test an
     python scripts/selection.py DATA --ensemble A B:last_raw --seeds 0 1  # A's best.pt, B's raw last weights, average
     python scripts/selection.py --summary selection/ --pair A:last_raw B:best  # one variant against another
     python scripts/selection.py DATA --inference NAME --seeds 0 1  # post-processing, threshold rule, TTA on NAME's runs
+    python scripts/selection.py DATA --by-coverage A:best B:best   # where A wins or loses, by the person's size
 
 Each seed changes the split (stratified by person coverage, as in the notebook), the initialisation and the
 augmentation draws. Every run evaluates several inference variants on the same trained weights (paired):
@@ -66,7 +67,7 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
             **{k: _NB[k] for k in ("LR", "WEIGHT_DECAY", "DROPOUT", "BATCH_NORM", "AUG_STRENGTH", "VAL_FRAC",
                                    "EDGE_WEIGHT", "EDGE_PX")},
             "EMA": 0.0, "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
-            "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0,
+            "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0, "DEPTH": 4,
             "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3, "AFFINE_INTERP": "bilinear"}
 CHOICES = {"AFFINE_INTERP": ("bilinear", "nearest")}  # settings that take a word, and the words they take
 SCALES = (0.75, 1.0, 1.25)
@@ -79,7 +80,7 @@ def notebook_unet(cfg: dict | None = None) -> type:
     """The UNet class from the notebook's cells tagged `unet` (the model graders read), or an experimental variant.
 
     cfg RESIDUAL=True swaps DoubleConv for a residual block; DEEP_SUP > 0 adds deep-supervision heads
-    (see run_one). Neither is in the notebook: they are candidates measured here first.
+    (see run_one); DEPTH=5 adds a fifth Down/Up level. None is in the notebook: they are candidates measured here first.
     """
     ns: dict = {"torch": torch, "nn": torch.nn}
     for source in notebook_cells("unet"):
@@ -89,7 +90,31 @@ def notebook_unet(cfg: dict | None = None) -> type:
         ns["DoubleConv"] = ResidualDoubleConv  # Down, Up and UNet look the name up when they are built
     if cfg.get("DEEP_SUP"):
         return deep_supervised(ns["UNet"])
+    if cfg.get("DEPTH", 4) != 4:  # older result files lack the key: the notebook's 4 levels
+        return deeper(ns, cfg["DEPTH"])
     return ns["UNet"]
+
+
+def deeper(ns: dict, depth: int) -> type:
+    """A subclass of the notebook's UNet with `depth` Down/Up levels instead of 4, channels still doubling per level
+    (base * 2**depth at the bottom). Each extra level doubles the receptive field; the input side must divide by
+    2**depth. The notebook's blocks and forward() are reused unchanged."""
+    nn = torch.nn
+
+    class DeeperUNet(ns["UNet"]):
+        def __init__(self, *args, base: int = 64, padding: int = 1, batch_norm: bool = True, **kwargs):
+            super().__init__(*args, base=base, padding=padding, batch_norm=batch_norm, **kwargs)
+            kw = dict(padding=padding, batch_norm=batch_norm)
+            c = [base * 2**i for i in range(depth + 1)]
+            self.downs = nn.ModuleList(ns["Down"](c[i], c[i + 1], **kw) for i in range(depth))
+            self.ups = nn.ModuleList(ns["Up"](c[i + 1], c[i], **kw) for i in reversed(range(depth)))
+            for m in [*self.downs.modules(), *self.ups.modules()]:  # the notebook's init (He normal) for the new levels
+                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+
+    return DeeperUNet
 
 
 class ResidualDoubleConv(torch.nn.Module):
@@ -386,6 +411,46 @@ def pair(out: Path, a: str, b: str) -> np.ndarray:
     return g
 
 
+def by_coverage(data: Path, out: Path, a: str, b: str) -> None:
+    """Per-image gain of CONFIG:VARIANT a over b by quartile of the person's coverage, pooled over the seeds both
+    have: where a configuration wins or loses. Each run's validation images are rebuilt from DATA as its split made
+    them; an image scored by both on a seed is one pair (an image in several seeds' validation counts each time)."""
+    runs = load_results(out)
+    (name_a, var_a), (name_b, var_b) = (x.split(":", 1) for x in (a, b))
+    seeds = sorted(set(runs.get(name_a, {})) & set(runs.get(name_b, {})))
+    if not seeds:
+        sys.exit(f"{out}: no seed has results for both {name_a} and {name_b}")
+    files = U.pair_files(data / "train" / "images", data / "train" / "masks")
+    coverage: dict[int, np.ndarray] = {}  # per input size: the split is stratified on coverage at that size
+
+    def scored(r: dict, variant: str) -> dict[int, float]:
+        size = r["config"]["IMG_SIZE"]
+        if size not in coverage:
+            coverage[size] = U.per_image_mean(U.CachedSegDataset(files, size, workers=1, progress=False).masks).numpy()
+        _, val = U.stratified_split(U.coverage_bins(coverage[size]), r["config"]["VAL_FRAC"], r["seed"])
+        if len(val) != len(r["scores"][variant]):
+            sys.exit(f"{r['name']} seed {r['seed']}: {len(r['scores'][variant])} scores, but {data} gives "
+                     f"{len(val)} validation images: not the data it ran on")
+        return dict(zip(val, r["scores"][variant]))
+
+    rows = []
+    for s in seeds:
+        da, db = scored(runs[name_a][s], var_a), scored(runs[name_b][s], var_b)
+        rows += [(i, da[i], db[i]) for i in sorted(da.keys() & db.keys())]
+    cov = coverage[max(coverage)]  # binned on the finer of the two sizes' coverage
+    c, ya, yb = (np.array([row[i] for row in rows]) for i in range(3))
+    c = cov[c.astype(int)]
+    q = np.searchsorted(np.quantile(c, [0.25, 0.5, 0.75]), c, side="right")
+    print(f"{a} minus {b}, per image, seeds {','.join(map(str, seeds))}: {len(rows)} pairs")
+    print(f"| person coverage | pairs | {b} | {a} | gain, mean ± SE |")
+    print("|---|---|---|---|---|")
+    for label, m in [*((f"{c[q == k].min():.2f}-{c[q == k].max():.2f}", q == k) for k in range(4) if (q == k).any()),
+                     ("all", np.ones_like(c, bool))]:
+        g = ya[m] - yb[m]
+        print(f"| {label} | {m.sum()} | {yb[m].mean():.4f} | {ya[m].mean():.4f} | "
+              f"{g.mean():+.4f} ± {g.std(ddof=1) / np.sqrt(len(g)):.4f} |")
+
+
 def summary(out: Path, ref: str | None = None) -> None:
     """Mean ± sd over seeds of each configuration's mean validation Dice, per variant, and paired gains."""
     runs = load_results(out)
@@ -431,6 +496,8 @@ def main() -> None:
                     help="score these trained configurations and their average on each seed's validation, then stop")
     ap.add_argument("--inference", metavar="NAME",
                     help="score inference variants (post-processes, threshold rule, no TTA) of NAME's runs, then stop")
+    ap.add_argument("--by-coverage", nargs=2, metavar=("A:VARIANT", "B:VARIANT"),
+                    help="per-image gain of A over B by quartile of person coverage (needs DATA), then stop")
     ap.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.summary:
@@ -441,6 +508,10 @@ def main() -> None:
         if args.data is None:
             ap.error("DATA is needed with --ensemble")
         return ensemble(args.data, args.ensemble, args.seeds, args.out)
+    if args.by_coverage:
+        if args.data is None:
+            ap.error("DATA is needed with --by-coverage")
+        return by_coverage(args.data, args.out, *args.by_coverage)
     if args.inference:
         if args.data is None:
             ap.error("DATA is needed with --inference")

@@ -57,6 +57,14 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     rs = [json.loads((out / f"tiny_s{s}.json").read_text())["scores"] for s in (0, 1)]
     gains = [sum(r["last"]) / len(r["last"]) - sum(r["best"]) / len(r["best"]) for r in rs]
     assert f"paired on seeds 0,1: {gains[0]:+.4f}, {gains[1]:+.4f}; mean {sum(gains) / 2:+.4f}" in said
+    # --by-coverage: the same gain per image, by quartile of person coverage; over all pairs (equal n_val per seed)
+    # it is the mean of the per-seed gains
+    by = subprocess.run([*cmd[:3], "--by-coverage", "tiny:last", "tiny:best", "--out", str(out)],
+                        capture_output=True, text=True, timeout=600)
+    assert by.returncode == 0, by.stderr[-2000:]
+    all_row = by.stdout.split("| all | ")[1]
+    assert all_row.startswith(f"{sum(len(r['best']) for r in rs)} | ") and f"| {sum(gains) / 2:+.4f} ± " in all_row
+    assert len([line for line in by.stdout.splitlines() if line.startswith("| 0.")]) == 4  # four quartiles
     # --inference: its flip-TTA-at-0.5 row is the run's own record; the other rows are paired with it
     inf = subprocess.run([*cmd[:3], "--inference", "tiny", "--seeds", "0", "1", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
@@ -89,6 +97,9 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     (out / "other_s0.json").write_text(json.dumps(other))
     bad = subprocess.run([*pair[:-2], "tiny:best", "other:best"], capture_output=True, text=True)
     assert bad.returncode != 0 and "validated on different images" in bad.stderr
+    bad = subprocess.run([*cmd[:3], "--by-coverage", "other:best", "tiny:best", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "not the data it ran on" in bad.stderr
 
 
 def test_train_frac_shrinks_training_and_keeps_the_validation_images(demo_root):
@@ -131,6 +142,10 @@ def test_architecture_candidates_change_only_what_they_claim():
     out = ds(x)
     assert [a.shape[-1] for a in ds.aux] == [16, 8, 4]  # 1/2, 1/4, 1/8 of the input, finest first
     assert selection.DeepSupLoss()(out, y) > base_loss(out, y)  # the aux terms are added in training
+    deep = selection.notebook_unet({"DEPTH": 5})(base=4).eval()
+    assert len(deep.downs) == len(deep.ups) == 5 and deep.downs[-1].conv.block[0].out_channels == 4 * 2**5
+    assert deep(x).shape == plain(x).shape == (2, 1, 32, 32)  # 32 px: five 2x2 poolings down to 1x1 and back
+    assert sum(p.numel() for p in deep.parameters()) > 3 * sum(p.numel() for p in plain.parameters())
 
 
 def test_affine_interp_nearest_warps_images_without_new_values():
