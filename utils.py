@@ -1369,6 +1369,14 @@ def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple
 # --------------------------------------------------------------------------------------------
 
 
+MULTI_SCALE_FROM = 384  # input side from which inference also averages 0.75x and 1.25x rescalings (Appendix A.3)
+
+
+def tta_scales(img_size: int) -> tuple[float, ...]:
+    """Input rescalings averaged at inference: (0.75, 1, 1.25) from MULTI_SCALE_FROM px up, else (1,) (Appendix A.3)."""
+    return (0.75, 1.0, 1.25) if img_size >= MULTI_SCALE_FROM else (1.0,)
+
+
 @torch.no_grad()
 def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool = True,
                   batch_size: int = 8, amp: bool = True,
@@ -1458,10 +1466,12 @@ def postprocess(mask: np.ndarray, min_component: float, max_hole: float) -> np.n
 
 
 def postprocess_dice(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool,
-                     threshold: float, min_component: float, max_hole: float) -> tuple[np.ndarray, np.ndarray]:
+                     threshold: float, min_component: float, max_hole: float,
+                     scales: Sequence[float] = (1.0,)) -> tuple[np.ndarray, np.ndarray]:
     """Per-image full-resolution Dice at `threshold` without and with `postprocess` (paired)."""
     raw, post = np.zeros(len(ds)), np.zeros(len(ds))
-    for i, prob in tqdm(predict_probs(model, ds, device, tta), total=len(ds), desc="post-proceso", leave=False):
+    probs = predict_probs(model, ds, device, tta, scales=scales)
+    for i, prob in tqdm(probs, total=len(ds), desc="post-proceso", leave=False):
         truth, mask = read_mask(ds.items[i][1]).astype(bool), prob > threshold
         raw[i] = dice_score(mask, truth)
         post[i] = dice_score(postprocess(mask, min_component, max_hole), truth)

@@ -9,8 +9,10 @@
 #   bash scripts/gpu_select.sh OUT [NAME:KEY=VALUE,KEY=VALUE ...] # on the GPU machine (carry [".gpu"])
 #   bash scripts/gpu_select.sh --dry-run OUT [...]               # here, on the CPU: the same steps at toy size
 #
-# Without configurations it compares the outline band: gpu_band2:EDGE_PX=2 (today's default, 4.2 photo pixels at
-# 384 px) against gpu_band8:EDGE_PX=8 (the same 16.7 photo pixels as the 2-px band chosen at 96 px). SEEDS (default
+# Without configurations it compares the U-Net's depth: gpu_d4:DEPTH=4 (the notebook's four levels) against
+# gpu_d5:DEPTH=5 (a fifth level, selection.py's candidate: twice the receptive field; at 192 px on a CPU it gained
+# on validation, README "GPU selection"). The first question, the outline band (gpu_band2:EDGE_PX=2 against
+# gpu_band8:EDGE_PX=8), ran on 2026-12-04 and did not pay. SEEDS (default
 # "0 1 2") sets the seeds; the first configuration is the reference of the paired gains. Every run stops at
 # GPU_SELECT_DEADLINE (seconds since the epoch; default: start + 560); an unfinished run leaves no result.
 # Writes OUT/summary.txt (the table and the paired gains), OUT/results.tgz (the runs' JSON files, for
@@ -23,7 +25,7 @@ if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; fi
 OUT=${1:?usage: bash scripts/gpu_select.sh [--dry-run] OUT [NAME:KEY=VALUE,KEY=VALUE ...]}
 shift
 CONFIGS=("$@")
-[[ ${#CONFIGS[@]} -gt 0 ]] || CONFIGS=(gpu_band2:EDGE_PX=2 gpu_band8:EDGE_PX=8)
+[[ ${#CONFIGS[@]} -gt 0 ]] || CONFIGS=(gpu_d4:DEPTH=4 gpu_d5:DEPTH=5)
 read -ra SEEDS <<< "${SEEDS:-0 1 2}"
 require_kit
 for c in "${CONFIGS[@]}"; do

@@ -28,7 +28,7 @@ def run(tmp_path, demo_root, *configs, **env):
 
 
 def test_each_configuration_trains_on_validation_splits_and_is_paired_with_the_first(tmp_path, demo_root):
-    done, out = run(tmp_path, demo_root, "a:EDGE_PX=1", "b:EDGE_PX=3,EDGE_WEIGHT=5")
+    done, out = run(tmp_path, demo_root, "a:EDGE_PX=1", "b:EDGE_PX=3,EDGE_WEIGHT=5,DEPTH=5")
     assert done.returncode == 0, done.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
     assert "a seed 0: done" in summary and "b seed 0: done" in summary
@@ -37,7 +37,7 @@ def test_each_configuration_trains_on_validation_splits_and_is_paired_with_the_f
         results = {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")}
     assert set(results) == {"sel/a_s0.json", "sel/b_s0.json"}
     a, b = results["sel/a_s0.json"]["config"], results["sel/b_s0.json"]["config"]
-    assert (a["EDGE_PX"], b["EDGE_PX"], b["EDGE_WEIGHT"]) == (1, 3, 5.0)
+    assert (a["EDGE_PX"], b["EDGE_PX"], b["EDGE_WEIGHT"], a["DEPTH"], b["DEPTH"]) == (1, 3, 5.0, 4, 5)
     assert a["IMG_SIZE"] == b["IMG_SIZE"] == 64 and a["EDGE_WEIGHT"] == 10  # the dry run's size; the notebook's weight
     assert {"env.txt", "logs.tgz"} <= {p.name for p in out.iterdir()}
 
@@ -46,7 +46,7 @@ def test_a_run_past_the_deadline_leaves_no_result_and_says_so(tmp_path, demo_roo
     done, out = run(tmp_path, demo_root, "a", GPU_SELECT_DEADLINE=str(int(time.time()) - 1))
     assert done.returncode == 0, done.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
-    assert "gpu_band2 seed 0" not in summary and "a seed 0: not started (deadline)" in summary
+    assert "gpu_d4 seed 0" not in summary and "a seed 0: not started (deadline)" in summary
     assert "no run finished" in summary
 
 

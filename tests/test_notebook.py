@@ -111,7 +111,7 @@ def check_summary(said: str, run_dir: Path, work: Path) -> None:
     assert s["procesos de entrenamiento"] == "2 (DDP), batch 2 por proceso"
     assert s["mejor Dice de validación (resolución de entrada)"] == \
         f"{best:.4f} (época {history['val_dice'].index(best) + 1})"
-    full = re.search(r"TTA sí: Dice de validación ([\d.]+) ± [\d.]+ .*aporte del TTA a 0.5: ([-+][\d.]+)", said)
+    full = re.search(r"TTA \(volteo\): Dice de validación ([\d.]+) ± [\d.]+ .*aporte del TTA a 0.5: ([-+][\d.]+)", said)
     post = re.search(r"post-proceso: .*\. Dice de validación ([\d.]+) -> ([\d.]+) \(([-+][\d.]+)\)", said)
     assert post[1] == full[1]  # the post-process starts from the masks section 7 scored ...
     assert s["Dice de validación a tamaño completo (Kaggle)"].startswith(f"{post[2]} ± ")  # ... the summary: after it
@@ -119,7 +119,7 @@ def check_summary(said: str, run_dir: Path, work: Path) -> None:
     exec(notebook_cells("parameters")[0], defaults)  # the run used the notebook's own thresholds
     assert s["post-proceso (7)"] == (f"regiones < {defaults['MIN_COMPONENT']:.0%}, agujeros < "
                                      f"{defaults['MAX_HOLE']:.0%}: aporte {post[3]}")
-    assert s["TTA de volteo"] == f"sí (aporte {full[2]})"
+    assert s["TTA"] == f"volteo (aporte {full[2]})"  # 128 px: flips only, no rescaling (U.tta_scales)
     assert s["umbral"] == re.search(r"-> se usa ([\d.]+)", said)[1]
     assert s["CSV"] == "sub.csv" and (work / "sub.csv").exists()
     assert re.fullmatch(r"final \(8\): 48 imágenes, 2 épocas, [\d.]+ min", s["modelo del CSV"])

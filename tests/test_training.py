@@ -298,6 +298,23 @@ def test_multiscale_prediction_averages_rescaled_passes(UNet, demo_ds):
         assert not np.allclose(multi[i], one[i]) and ((multi[i] >= 0) & (multi[i] <= 1)).all()
 
 
+def test_multiscale_inference_from_384_px_reaches_the_postprocess_check(UNet, demo_ds):
+    """The notebook's size rule (chosen on validation: gains at 384 px, losses at 96-128) and section 7's paired
+    post-process Dice computed on the same multi-scale probabilities the CSV uses."""
+    assert U.tta_scales(128) == U.tta_scales(U.MULTI_SCALE_FROM - 16) == (1.0,)
+    assert U.tta_scales(384) == U.tta_scales(512) == (0.75, 1.0, 1.25)
+    torch.manual_seed(0)  # an untrained net: some inits predict one class everywhere at every scale
+    model, ds = UNet(base=8).eval(), U.Subset(demo_ds, range(2))
+    scales = (0.75, 1.0, 1.25)
+    raw, post = U.postprocess_dice(model, ds, CPU, True, 0.5, 0.3, 0.1, scales)
+    for i, prob in U.predict_probs(model, ds, CPU, tta=True, scales=scales):
+        truth = U.read_mask(ds.items[i][1]).astype(bool)
+        assert raw[i] == U.dice_score(prob > 0.5, truth)
+        assert post[i] == U.dice_score(U.postprocess(prob > 0.5, 0.3, 0.1), truth)
+    flat, _ = U.postprocess_dice(model, ds, CPU, True, 0.5, 0.3, 0.1)
+    assert not np.array_equal(flat, raw)  # the scales reached the predictions
+
+
 def test_lovasz_stage_trains_the_last_epochs_on_the_lovasz_hinge_alone(UNet, demo_ds, tmp_path, monkeypatch):
     calls = []
     hinge = U.lovasz_hinge
