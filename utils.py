@@ -1369,12 +1369,13 @@ def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple
 # --------------------------------------------------------------------------------------------
 
 
-MULTI_SCALE_FROM = 384  # input side from which inference also averages 0.75x and 1.25x rescalings (Appendix A.5)
+MULTI_SCALES = (0.75, 1.0, 1.25)  # the multi-scale TTA's input rescalings (Appendix A.5)
+MULTI_SCALE_FROM = 384  # input side from which inference averages MULTI_SCALES instead of the input size alone
 
 
 def tta_scales(img_size: int) -> tuple[float, ...]:
-    """Input rescalings averaged at inference: (0.75, 1, 1.25) from MULTI_SCALE_FROM px up, else (1,) (Appendix A.5)."""
-    return (0.75, 1.0, 1.25) if img_size >= MULTI_SCALE_FROM else (1.0,)
+    """Input rescalings averaged at inference: MULTI_SCALES from MULTI_SCALE_FROM px up, else (1,) (Appendix A.5)."""
+    return MULTI_SCALES if img_size >= MULTI_SCALE_FROM else (1.0,)
 
 
 @torch.no_grad()

@@ -70,7 +70,7 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
             "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0, "DEPTH": 4,
             "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3, "AFFINE_INTERP": "bilinear"}
 CHOICES = {"AFFINE_INTERP": ("bilinear", "nearest")}  # settings that take a word, and the words they take
-SCALES = (0.75, 1.0, 1.25)
+SCALES = U.MULTI_SCALES  # best_ms: the notebook's multi-scale TTA (0.75, 1, 1.25 x the input size)
 PP_MIN = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # --inference: MIN_COMPONENT values (0: off; 1: largest region)
 PP_HOLE = (0.0, 0.05, 0.1, 0.2, 0.3)  # and MAX_HOLE values (0: off)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
@@ -388,17 +388,23 @@ def load_results(out: Path) -> dict[str, dict[int, dict]]:
     return runs
 
 
+def common_seeds(out: Path, a: str, b: str) -> tuple[dict, tuple[str, str], tuple[str, str], list[int]]:
+    """The results in `out`, CONFIG:VARIANT a and b split in two, and the seeds both configurations have (or stop)."""
+    runs = load_results(out)
+    (name_a, var_a), (name_b, var_b) = (x.split(":", 1) for x in (a, b))
+    seeds = sorted(set(runs.get(name_a, {})) & set(runs.get(name_b, {})))
+    if not seeds:
+        sys.exit(f"{out}: no seed has results for both {name_a} and {name_b}")
+    return runs, (name_a, var_a), (name_b, var_b), seeds
+
+
 def pair(out: Path, a: str, b: str) -> np.ndarray:
     """Per-seed gain of CONFIG:VARIANT a over b, on the seeds both have: the same validation images, so paired.
 
     E.g. the final fit's case: the final weights of a run on all training images against the best epoch of a
     run on fewer (`-s TRAIN_FRAC`); both score each seed's same validation images.
     """
-    runs = load_results(out)
-    (name_a, var_a), (name_b, var_b) = (x.split(":", 1) for x in (a, b))
-    seeds = sorted(set(runs.get(name_a, {})) & set(runs.get(name_b, {})))
-    if not seeds:
-        sys.exit(f"{out}: no seed has results for both {name_a} and {name_b}")
+    runs, (name_a, var_a), (name_b, var_b), seeds = common_seeds(out, a, b)
     gains = []
     for s in seeds:
         ra, rb = runs[name_a][s], runs[name_b][s]
@@ -415,11 +421,7 @@ def by_coverage(data: Path, out: Path, a: str, b: str) -> None:
     """Per-image gain of CONFIG:VARIANT a over b by quartile of the person's coverage, pooled over the seeds both
     have: where a configuration wins or loses. Each run's validation images are rebuilt from DATA as its split made
     them; an image scored by both on a seed is one pair (an image in several seeds' validation counts each time)."""
-    runs = load_results(out)
-    (name_a, var_a), (name_b, var_b) = (x.split(":", 1) for x in (a, b))
-    seeds = sorted(set(runs.get(name_a, {})) & set(runs.get(name_b, {})))
-    if not seeds:
-        sys.exit(f"{out}: no seed has results for both {name_a} and {name_b}")
+    runs, (name_a, var_a), (name_b, var_b), seeds = common_seeds(out, a, b)
     files = U.pair_files(data / "train" / "images", data / "train" / "masks")
     coverage: dict[int, np.ndarray] = {}  # per input size: the split is stratified on coverage at that size
 
