@@ -1404,9 +1404,18 @@ def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch
 
 def _scaled_logits(model: nn.Module, x: torch.Tensor, scale: float, tta: bool, device: torch.device,
                    dtype: torch.dtype | None) -> torch.Tensor:
-    """Logits of x resized by `scale` (and their flip when tta), brought back to x's size."""
+    """Logits of x resized by `scale` (and their flip when tta), brought back to x's size.
+
+    A rescaled side is rounded to a multiple of 2**model.depth (the UNet's poolings), so every level divides evenly.
+    """
     size = x.shape[-1]
-    scaled = max(16, round(size * scale / 16) * 16)
+    scaled = size
+    if scale != 1:
+        if not hasattr(model, "depth"):
+            raise AttributeError(f"multi-scale TTA (scale {scale}) needs model.depth, the number of 2x2 poolings, to "
+                                 f"round sizes; {type(model).__name__} has none: use scales=(1.0,) or add it")
+        step = 2 ** model.depth
+        scaled = max(step, round(size * scale / step) * step)
     xs = x if scaled == size else F.interpolate(x, size=(scaled, scaled), mode="bilinear", align_corners=False)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         logits = model(xs).float()

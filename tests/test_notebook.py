@@ -81,6 +81,15 @@ def test_unet_blocks_and_the_paper_exact_variant(unet_ns):
     assert sum(p.numel() for p in paper.parameters()) == 31_031_745  # 31.0 M, as in the paper's network
     ours = UNet(base=8)
     assert ours(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 64, 64)
+    torch.manual_seed(0)
+    four = UNet(base=8, depth=4)  # DEPTH's default builds the same modules in the same order: same init
+    torch.manual_seed(0)
+    default = UNet(base=8)
+    assert all(torch.equal(a, b) for a, b in zip(four.state_dict().values(), default.state_dict().values()))
+    deep = UNet(base=8, depth=5).eval()  # a fifth level: channels keep doubling, 32 px pools down to 1x1
+    assert len(deep.downs) == len(deep.ups) == 5 and deep.downs[-1].conv.block[0].out_channels == 8 * 2**5
+    assert deep(torch.zeros(2, 3, 32, 32)).shape == (2, 1, 32, 32)
+    assert sum(p.numel() for p in deep.parameters()) > 3 * sum(p.numel() for p in default.parameters())
 
 
 def outputs_text(executed: Path) -> str:

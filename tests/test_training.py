@@ -298,6 +298,21 @@ def test_multiscale_prediction_averages_rescaled_passes(UNet, demo_ds):
         assert not np.allclose(multi[i], one[i]) and ((multi[i] >= 0) & (multi[i] <= 1)).all()
 
 
+def test_multiscale_sizes_divide_by_the_unets_poolings(UNet, demo_ds):
+    """Each rescaled input is rounded to a multiple of 2**depth: 0.9 x 160 px = 144 would leave a 4.5-px bottom at
+    depth 5 (the skips then misalign); it becomes 128. A model that does not say its depth gets an error."""
+    ds = U.CachedSegDataset(demo_ds.items[:1], 160, progress=False)
+    for depth in (4, 5):
+        model, sides = UNet(base=4, depth=depth).eval(), []
+        model.register_forward_pre_hook(lambda m, args, seen=sides: seen.append(args[0].shape[-1]))
+        (_, prob), = U.predict_probs(model, ds, CPU, tta=False, scales=(0.9, 1.0))
+        assert prob.shape == ds.orig_sizes[0] and sides == [144 if depth == 4 else 128, 160]
+    with pytest.raises(AttributeError, match="model.depth"):
+        list(U.predict_probs(torch.nn.Conv2d(3, 1, 1), ds, CPU, tta=False, scales=(0.9, 1.0)))
+    (_, one), = U.predict_probs(torch.nn.Conv2d(3, 1, 1), ds, CPU, tta=False)  # one scale: nothing to round
+    assert one.shape == ds.orig_sizes[0]
+
+
 def test_multiscale_inference_from_384_px_reaches_the_postprocess_check(UNet, demo_ds):
     """The notebook's size rule (chosen on validation: gains at 384 px, losses at 96-128) and section 7's paired
     post-process Dice computed on the same multi-scale probabilities the CSV uses."""
