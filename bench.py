@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--base", type=int, default=32)
+    ap.add_argument("--depth", type=int, default=4, help="as the notebook's DEPTH (Down/Up levels)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                     help="processes decoding PNGs (cache build; the baseline's DataLoader workers)")
@@ -164,9 +165,14 @@ def main() -> None:
     for src in notebook_cells("unet"):
         exec(src, ns)
 
+    def unet() -> torch.nn.Module:
+        """A fresh notebook U-Net of the benchmarked width and depth."""
+        return ns["UNet"](base=a.base, depth=a.depth)
+
     pairs = U.pair_files(a.data / "train" / "images", a.data / "train" / "masks")
     r: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {os.cpu_count()} cores",
-               "size": a.size, "base": a.base, "batch": a.batch, "workers": a.workers, "train images": len(pairs)}
+               "size": a.size, "base": a.base, "depth": a.depth, "batch": a.batch, "workers": a.workers,
+               "train images": len(pairs)}
     t0 = time.perf_counter()
     cached = U.CachedSegDataset(pairs, a.size, workers=a.workers, progress=False)
     r["cache build s"] = time.perf_counter() - t0
@@ -187,22 +193,22 @@ def main() -> None:
     if "train" in parts:
         r["AMP dtype"] = str(dtype)
         r["train img/s default"], r["peak GiB default"] = train_rate(
-            ns["UNet"](base=a.base), loader(train_cached, a.batch, 0, device), device, dtype,
+            unet(), loader(train_cached, a.batch, 0, device), device, dtype,
             channels_last=device.type == "cuda", steps=a.steps)
     if "train" in parts and device.type == "cpu":  # what channels_last would buy on the CPU (not used there)
-        r["train img/s channels_last"], _ = train_rate(ns["UNet"](base=a.base), loader(train_cached, a.batch, 0,
-                                                       device), device, dtype, channels_last=True, steps=a.steps)
+        r["train img/s channels_last"], _ = train_rate(unet(), loader(train_cached, a.batch, 0, device), device, dtype,
+                                                       channels_last=True, steps=a.steps)
     if "train" in parts and device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = False  # a T4 has no TF32: fp32 means fp32
         r["train img/s baseline (fp32, NCHW, decode)"], r["peak GiB baseline"] = train_rate(
-            ns["UNet"](base=a.base), loader(uncached, a.batch, a.workers, device), device, None,
+            unet(), loader(uncached, a.batch, a.workers, device), device, None,
             channels_last=False, steps=a.steps)
         torch.backends.cudnn.allow_tf32 = True
         r["train speed-up"] = r["train img/s default"] / r["train img/s baseline (fp32, NCHW, decode)"]
     if "compute" in parts:  # the step's arithmetic against the device's matmul rate
         from torch.utils.flop_counter import FlopCounterMode
         with FlopCounterMode(display=False) as flops:  # convolutions and matmuls, forward and backward
-            ns["UNet"](base=a.base).to(device)(torch.randn(1, 3, a.size, a.size, device=device)).sum().backward()
+            unet().to(device)(torch.randn(1, 3, a.size, a.size, device=device)).sum().backward()
         gflop = r["GFLOP per training image (fwd+bwd)"] = flops.get_total_flops() / 1e9
         matmul_dtype = dtype or torch.float32
         ceiling = r[f"matmul GFLOP/s ({matmul_dtype}, 2048x2048)"] = matmul_rate(device, matmul_dtype)
@@ -212,10 +218,9 @@ def main() -> None:
     if "memory" in parts and device.type == "cuda":
         for size in (384, 512):
             for batch in (16, 32):
-                r[f"peak GiB {size}px batch {batch} ({dtype})"] = step_peak(ns["UNet"](base=a.base), size, batch,
-                                                                        device, dtype)
+                r[f"peak GiB {size}px batch {batch} ({dtype})"] = step_peak(unet(), size, batch, device, dtype)
     if "infer" in parts:
-        model = ns["UNet"](base=a.base).to(device).eval()
+        model = unet().to(device).eval()
         r["inference+RLE+CSV s (534 imgs, 800x800)"] = inference_time(model, a.data / "test" / "images", a.size,
                                                                        mean, std, device)
     width = max(map(len, r))

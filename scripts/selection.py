@@ -80,7 +80,8 @@ def notebook_unet(cfg: dict | None = None) -> type:
     """The UNet class from the notebook's cells tagged `unet` (the model graders read), or an experimental variant.
 
     cfg RESIDUAL=True swaps DoubleConv for a residual block; DEEP_SUP > 0 adds deep-supervision heads
-    (see run_one); DEPTH=5 adds a fifth Down/Up level. None is in the notebook: they are candidates measured here first.
+    (see run_one). Neither is in the notebook: they are candidates measured here first. DEPTH is the notebook's
+    own `depth` argument (build_unet passes it).
     """
     ns: dict = {"torch": torch, "nn": torch.nn}
     for source in notebook_cells("unet"):
@@ -89,32 +90,21 @@ def notebook_unet(cfg: dict | None = None) -> type:
     if cfg.get("RESIDUAL"):
         ns["DoubleConv"] = ResidualDoubleConv  # Down, Up and UNet look the name up when they are built
     if cfg.get("DEEP_SUP"):
+        if cfg.get("DEPTH", 4) != 4:
+            sys.exit("error: DEEP_SUP's heads are placed for the 4-level U-Net; it cannot be combined with DEPTH")
         return deep_supervised(ns["UNet"])
-    if cfg.get("DEPTH", 4) != 4:  # older result files lack the key: the notebook's 4 levels
-        return deeper(ns, cfg["DEPTH"])
     return ns["UNet"]
 
 
-def deeper(ns: dict, depth: int) -> type:
-    """A subclass of the notebook's UNet with `depth` Down/Up levels instead of 4, channels still doubling per level
-    (base * 2**depth at the bottom). Each extra level doubles the receptive field; the input side must divide by
-    2**depth. The notebook's blocks and forward() are reused unchanged."""
-    nn = torch.nn
+def build_unet(cfg: dict) -> torch.nn.Module:
+    """The configuration's U-Net: base, dropout, BatchNorm and depth from cfg (results made before DEPTH: 4)."""
+    return notebook_unet(cfg)(**model_config(cfg))
 
-    class DeeperUNet(ns["UNet"]):
-        def __init__(self, *args, base: int = 64, padding: int = 1, batch_norm: bool = True, **kwargs):
-            super().__init__(*args, base=base, padding=padding, batch_norm=batch_norm, **kwargs)
-            kw = dict(padding=padding, batch_norm=batch_norm)
-            c = [base * 2**i for i in range(depth + 1)]
-            self.downs = nn.ModuleList(ns["Down"](c[i], c[i + 1], **kw) for i in range(depth))
-            self.ups = nn.ModuleList(ns["Up"](c[i + 1], c[i], **kw) for i in reversed(range(depth)))
-            for m in [*self.downs.modules(), *self.ups.modules()]:  # the notebook's init (He normal) for the new levels
-                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
 
-    return DeeperUNet
+def model_config(cfg: dict) -> dict:
+    """The UNet keyword arguments a configuration sets (older result files lack DEPTH: the notebook's 4 levels)."""
+    return {"base": cfg["BASE_CHANNELS"], "dropout": cfg["DROPOUT"], "batch_norm": cfg["BATCH_NORM"],
+            "depth": cfg.get("DEPTH", 4)}
 
 
 class ResidualDoubleConv(torch.nn.Module):
@@ -210,11 +200,11 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     train_ds, val_ds, whole_ds = split(data, cfg, seed)
     U.seed_everything(seed)
     UNet = notebook_unet(cfg)
-    model = UNet(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
+    model_cfg = model_config(cfg)
+    model = UNet(**model_cfg)
     if cfg["DEEP_SUP"]:  # U.train builds its loss from U.DiceBCELoss: this process trains with the aux terms
         DeepSupLoss.model, DeepSupLoss.weight = model, cfg["DEEP_SUP"]
         U.DiceBCELoss = DeepSupLoss
-    model_cfg = {"base": cfg["BASE_CHANNELS"], "dropout": cfg["DROPOUT"], "batch_norm": cfg["BATCH_NORM"]}
     tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"],
                          amp=DEVICE.type == "cuda", ema_decay=cfg["EMA"], model=model_cfg,
                          dice_weight=cfg["DICE_WEIGHT"], edge_weight=cfg["EDGE_WEIGHT"], edge_px=cfg["EDGE_PX"],
@@ -285,7 +275,7 @@ def ensemble(data: Path, names: list[str], seeds: list[int], out: Path) -> None:
             sys.exit(f"seed {seed}: {' and '.join(names)} were validated on different images")
         probs = []
         for (n, variant), cfg, val_ds in zip(specs, cfgs, vals):
-            model = notebook_unet(cfg)(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
+            model = build_unet(cfg)
             model.load_state_dict(weights(out / "runs" / f"{n}_s{seed}", variant))
             probs.append([p for _, p in U.predict_probs(model.to(DEVICE), val_ds, DEVICE, tta=True)])
         truths = [U.read_mask(vals[0].items[i][1]).astype(bool) for i in range(len(vals[0]))]
@@ -312,7 +302,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
         val_ds = split(data, cfg, seed)[1]
         truths = [U.read_mask(val_ds.items[i][1]).astype(bool) for i in range(len(val_ds))]
         for w in ("best", "last"):
-            model = notebook_unet(cfg)(base=cfg["BASE_CHANNELS"], dropout=cfg["DROPOUT"], batch_norm=cfg["BATCH_NORM"])
+            model = build_unet(cfg)
             model.load_state_dict(weights(out / "runs" / f"{name}_s{seed}", w))
             model.to(DEVICE)
             d: dict[str, list[float]] = {"tta": [], "cc10": [], "holes10": [], "cc10_holes10": [], "notta": []}
@@ -412,8 +402,9 @@ def pair(out: Path, a: str, b: str) -> np.ndarray:
             sys.exit(f"seed {s}: {name_a} and {name_b} were validated on different images: not a paired comparison")
         gains.append(np.mean(ra["scores"][var_a]) - np.mean(rb["scores"][var_b]))
     g = np.array(gains)
+    t = g.mean() / (g.std(ddof=1) / np.sqrt(len(g))) if len(g) > 1 and g.std(ddof=1) > 0 else float("nan")
     print(f"{a} minus {b}, paired on seeds {','.join(map(str, seeds))}: " + ", ".join(f"{x:+.4f}" for x in g)
-          + f"; mean {spread(g)}")
+          + f"; mean {spread(g)} (t {t:.1f}: mean / standard error; {(g > 0).sum()} of {len(g)} seeds gain)")
     return g
 
 

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
@@ -142,10 +143,11 @@ def test_architecture_candidates_change_only_what_they_claim():
     out = ds(x)
     assert [a.shape[-1] for a in ds.aux] == [16, 8, 4]  # 1/2, 1/4, 1/8 of the input, finest first
     assert selection.DeepSupLoss()(out, y) > base_loss(out, y)  # the aux terms are added in training
-    deep = selection.notebook_unet({"DEPTH": 5})(base=4).eval()
-    assert len(deep.downs) == len(deep.ups) == 5 and deep.downs[-1].conv.block[0].out_channels == 4 * 2**5
-    assert deep(x).shape == plain(x).shape == (2, 1, 32, 32)  # 32 px: five 2x2 poolings down to 1x1 and back
-    assert sum(p.numel() for p in deep.parameters()) > 3 * sum(p.numel() for p in plain.parameters())
+    deep = selection.build_unet(dict(selection.DEFAULTS, BASE_CHANNELS=4, DEPTH=5))  # the notebook's depth argument
+    assert type(deep).__name__ == "UNet" and deep.depth == len(deep.downs) == 5
+    assert selection.build_unet({k: v for k, v in selection.DEFAULTS.items() if k != "DEPTH"}).depth == 4  # old files
+    with pytest.raises(SystemExit, match="DEEP_SUP"):
+        selection.notebook_unet({"DEEP_SUP": 1.0, "DEPTH": 5})
 
 
 def test_affine_interp_nearest_warps_images_without_new_values():
