@@ -15,6 +15,10 @@
 # since the epoch; default: start + 540, inside one 10-minute call); an unfinished run's row says "timeout".
 # Writes OUT/summary.tsv (one row per run), OUT/env.txt, OUT/notebook_lines.txt and OUT/logs.tgz (every log):
 # four files, inside what the device tool brings back.
+# NB_PARAMS="NAME VALUE ..." adds notebook parameters to every notebook run (e.g. NB_PARAMS="DEPTH 5": a setting
+# chosen on validation in the same session, scripts/gpu_select.sh). PLAIN_LOOP=0 skips the plain loop, whose rows for
+# these seeds, size, width and epochs are already recorded (README "Dice on real photos (GPU defaults)"): the
+# notebooks then share the GPU only with each other, and the call ends sooner.
 set -euo pipefail
 source "$(dirname "$0")/gpu_common.sh"  # ROOT (the working folder), KIT, PY, require_kit, machine_lines, can_pin
 
@@ -27,6 +31,11 @@ if [[ ${1:-} == --prepare ]]; then
     cp -r "$shared/tools" "$KIT/shared/"
     cp -r "$shared/data/persons-vikram" "$KIT/shared/data/"
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$KIT/whl" "torchinfo>=1.8"
+    # Stored GPU selection runs (ignored selection/ folder, when this checkout has them): gpu_select.sh PAIR_WITH=NAME
+    # pairs new runs with them on the device, so its summary already holds the paired gains.
+    mkdir -p "$KIT/ref"
+    cp "$ROOT"/selection/gpu_*_s*.json "$KIT/ref/" 2> /dev/null || true
+    echo "reference runs in $KIT/ref: $(ls "$KIT/ref" | sed 's/_s[0-9]*\.json$//' | sort | uniq -c | xargs || true)"
     du -sh "$KIT"
     echo "ready: carry [\".gpu\"] and run: bash scripts/gpu_check.sh \$OUT 0 1 2 (seeds side by side)"
     exit 0
@@ -38,6 +47,14 @@ OUT=${1:?usage: bash scripts/gpu_check.sh OUT SEED [SEED...] | --dry-run OUT SEE
 shift
 SEEDS=("$@")
 [[ ${#SEEDS[@]} -gt 0 ]] || SEEDS=(0)
+read -ra NB_EXTRA <<< "${NB_PARAMS:-}"
+if (( ${#NB_EXTRA[@]} % 2 )) || [[ ${#NB_EXTRA[@]} -gt 0 && ! " ${NB_EXTRA[*]} " =~ ^(\ [A-Z_]+\ [^ ]+)+\ $ ]]; then
+    echo "error: NB_PARAMS='${NB_PARAMS:-}' is not NAME VALUE pairs (notebook parameters, e.g. NB_PARAMS=\"DEPTH 5\")" >&2
+    exit 1
+fi
+NB_P=()
+for ((i = 0; i < ${#NB_EXTRA[@]}; i += 2)); do NB_P+=(-p "${NB_EXTRA[i]}" "${NB_EXTRA[i + 1]}"); done
+PLAIN_ON=${PLAIN_LOOP:-1}
 require_kit
 mkdir -p "$OUT"
 START=$(date +%s)
@@ -57,6 +74,7 @@ if [[ $DRY == 1 ]]; then SIZE=(-p IMG_SIZE 64 -p EPOCHS 1 -p BASE_CHANNELS 8); P
 
 {
     echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?') dry-run=$DRY seeds=${SEEDS[*]}"
+    echo "# notebook parameters added: ${NB_P[*]:-none}; plain loop: $([[ $PLAIN_ON == 0 ]] && echo off || echo on)"
     machine_lines
     if [[ $PINNED == 1 ]]; then echo "cores: 2 per run (taskset), ${#SEEDS[@]} seeds side by side on $NCORES cores"
     else echo "cores: unpinned ($NCORES for ${#SEEDS[@]} seeds side by side)"; fi
@@ -98,8 +116,8 @@ scored() {  # scored ROW SEED LOG CSV PEAK CMD...: CMD timed; its CSV's summary 
 notebook_chain() {  # notebook_chain SEED CORE: final fit, then the validated model from the same RUN_DIR
     local s=$1 pc nb
     read -ra pc <<< "$(cores "$2")"
-    nb=("${pc[@]}" "$PY" scripts/run_cells.py obligatorio.ipynb -p DATA_DIR "$DATA" "${SIZE[@]}" -p SEED "$s"
-        -p RUN_DIR "$WORK/run$s")
+    nb=("${pc[@]}" "$PY" scripts/run_cells.py obligatorio.ipynb -p DATA_DIR "$DATA" "${SIZE[@]}" "${NB_P[@]}"
+        -p SEED "$s" -p RUN_DIR "$WORK/run$s")
     scored notebook_final_fit "$s" "nb_final_s$s" "$WORK/nb$s.csv" 1 \
         "${nb[@]}" -p SUBMISSION_PATH "$WORK/nb$s.csv" || return 0
     scored notebook_validated_model "$s" "nb_validated_s$s" "$WORK/nbval$s.csv" 0 \
@@ -116,7 +134,7 @@ plain_chain() {  # plain_chain SEED CORE: the plain loop at the same size, width
 k=0
 for s in "${SEEDS[@]}"; do
     notebook_chain "$s" $((4 * k)) &
-    plain_chain "$s" $((4 * k + 2)) &
+    [[ $PLAIN_ON == 0 ]] || plain_chain "$s" $((4 * k + 2)) &
     k=$((k + 1))
 done
 wait

@@ -15,6 +15,9 @@
 # gpu_band8:EDGE_PX=8), ran on 2026-12-04 and did not pay. SEEDS (default
 # "0 1 2") sets the seeds; the first configuration is the reference of the paired gains. Every run stops at
 # GPU_SELECT_DEADLINE (seconds since the epoch; default: start + 560); an unfinished run leaves no result.
+# PAIR_WITH=NAME pairs every configuration with NAME's stored runs instead of the first configuration: their JSON
+# files, copied into the kit's ref/ folder by --prepare from this checkout's selection/ (e.g. gpu_band2, the GPU
+# defaults at 384 px, seeds 0-5), must cover SEEDS; then all the call's runs go to candidates.
 # Writes OUT/summary.txt (the table and the paired gains), OUT/results.tgz (the runs' JSON files, for
 # `selection.py --summary`), OUT/env.txt and OUT/logs.tgz.
 set -euo pipefail
@@ -33,6 +36,17 @@ for c in "${CONFIGS[@]}"; do
         echo "error: configuration '$c' is not NAME or NAME:KEY=VALUE,KEY=VALUE (keys: scripts/selection.py --help)" >&2
         exit 1; }
 done
+if [[ -n ${PAIR_WITH:-} ]]; then
+    for c in "${CONFIGS[@]}"; do
+        [[ ${c%%:*} != "$PAIR_WITH" ]] || { echo "error: $PAIR_WITH is both PAIR_WITH and a configuration" >&2; exit 1; }
+    done
+    for s in "${SEEDS[@]}"; do
+        [[ -f $KIT/ref/${PAIR_WITH}_s$s.json ]] || {
+            echo "error: PAIR_WITH=$PAIR_WITH but $KIT/ref/${PAIR_WITH}_s$s.json is missing: run --prepare in a checkout" \
+                 "whose selection/ has ${PAIR_WITH}_s*.json for seeds ${SEEDS[*]}, or drop PAIR_WITH" >&2
+            exit 1; }
+    done
+fi
 mkdir -p "$OUT"
 START=$(date +%s)
 DEADLINE=${GPU_SELECT_DEADLINE:-$((START + 560))}
@@ -51,7 +65,7 @@ mkdir -p "$WORK/logs" "$WORK/sel"
 DATA=$WORK/real
 {
     echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?') dry-run=$DRY"
-    echo "# seeds: ${SEEDS[*]}; configurations: ${CONFIGS[*]}; common: ${BASE[*]}"
+    echo "# seeds: ${SEEDS[*]}; configurations: ${CONFIGS[*]}; common: ${BASE[*]}; paired with: ${PAIR_WITH:-${CONFIGS[0]%%:*}}"
     machine_lines
     if [[ $PINNED == 1 ]]; then echo "cores: 2 per run (taskset), $NJOBS runs side by side on $NCORES cores"
     else echo "cores: unpinned, $THREADS threads per run ($NJOBS runs on $NCORES cores)"; fi
@@ -82,15 +96,27 @@ for s in "${SEEDS[@]}"; do
 done
 wait
 REF=${CONFIGS[0]%%:*}
+CANDIDATES=("${CONFIGS[@]:1}")
+if [[ -n ${PAIR_WITH:-} ]]; then
+    REF=$PAIR_WITH
+    CANDIDATES=("${CONFIGS[@]}")
+fi
+SUM=$WORK/sel  # what the summary reads: this call's runs, and with PAIR_WITH the stored ones beside them
+if [[ -n ${PAIR_WITH:-} ]]; then
+    SUM=$WORK/paired
+    mkdir -p "$SUM"
+    for s in "${SEEDS[@]}"; do cp "$KIT/ref/${PAIR_WITH}_s$s.json" "$SUM/"; done
+    cp "$WORK"/sel/*.json "$SUM/" 2> /dev/null || true
+fi
 {
     sort "$WORK/status.txt"
     echo
     if compgen -G "$WORK/sel/*.json" > /dev/null; then
-        "$PY" scripts/selection.py --summary "$WORK/sel" --ref "$REF"
-        for c in "${CONFIGS[@]:1}"; do
+        "$PY" scripts/selection.py --summary "$SUM" --ref "$REF"
+        for c in "${CANDIDATES[@]}"; do
             for v in best last; do
                 echo "== ${c%%:*}:$v vs $REF:$v"
-                "$PY" scripts/selection.py --summary "$WORK/sel" --pair "${c%%:*}:$v" "$REF:$v" || true
+                "$PY" scripts/selection.py --summary "$SUM" --pair "${c%%:*}:$v" "$REF:$v" || true
             done
         done
     else
