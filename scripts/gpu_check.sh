@@ -31,7 +31,7 @@ if [[ ${1:-} == --prepare ]]; then
     cp -r "$shared/tools" "$KIT/shared/"
     cp -r "$shared/data/persons-vikram" "$KIT/shared/data/"
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$KIT/whl" "torchinfo>=1.8"
-    # Stored GPU selection runs (ignored selection/ folder, when this checkout has them): gpu_select.sh PAIR_WITH=NAME
+    # Stored GPU selection runs (selection/gpu_*.json, committed from earlier calls): gpu_select.sh PAIR_WITH=NAME
     # pairs new runs with them on the device, so its summary already holds the paired gains.
     mkdir -p "$KIT/ref"
     cp "$ROOT"/selection/gpu_*_s*.json "$KIT/ref/" 2> /dev/null || true

@@ -16,8 +16,8 @@
 # "0 1 2") sets the seeds; the first configuration is the reference of the paired gains. Every run stops at
 # GPU_SELECT_DEADLINE (seconds since the epoch; default: start + 560); an unfinished run leaves no result.
 # PAIR_WITH=NAME pairs every configuration with NAME's stored runs instead of the first configuration: their JSON
-# files, copied into the kit's ref/ folder by --prepare from this checkout's selection/ (e.g. gpu_band2, the GPU
-# defaults at 384 px, seeds 0-5), must cover SEEDS; then all the call's runs go to candidates.
+# files, copied into the kit's ref/ folder by --prepare from this checkout's selection/ (gpu_* runs committed there
+# from an earlier call's results.tgz), must cover SEEDS; then all the call's runs go to candidates.
 # Writes OUT/summary.txt (the table and the paired gains), OUT/results.tgz (the runs' JSON files, for
 # `selection.py --summary`), OUT/env.txt and OUT/logs.tgz.
 set -euo pipefail
@@ -97,12 +97,10 @@ done
 wait
 REF=${CONFIGS[0]%%:*}
 CANDIDATES=("${CONFIGS[@]:1}")
+SUM=$WORK/sel  # what the summary reads: this call's runs, and with PAIR_WITH the stored ones beside them
 if [[ -n ${PAIR_WITH:-} ]]; then
     REF=$PAIR_WITH
     CANDIDATES=("${CONFIGS[@]}")
-fi
-SUM=$WORK/sel  # what the summary reads: this call's runs, and with PAIR_WITH the stored ones beside them
-if [[ -n ${PAIR_WITH:-} ]]; then
     SUM=$WORK/paired
     mkdir -p "$SUM"
     for s in "${SEEDS[@]}"; do cp "$KIT/ref/${PAIR_WITH}_s$s.json" "$SUM/"; done

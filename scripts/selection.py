@@ -199,9 +199,8 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     """Train one seed of one configuration and write its validation scores to out/NAME_sSEED.json."""
     train_ds, val_ds, whole_ds = split(data, cfg, seed)
     U.seed_everything(seed)
-    UNet = notebook_unet(cfg)
     model_cfg = model_config(cfg)
-    model = UNet(**model_cfg)
+    model = build_unet(cfg)
     if cfg["DEEP_SUP"]:  # U.train builds its loss from U.DiceBCELoss: this process trains with the aux terms
         DeepSupLoss.model, DeepSupLoss.weight = model, cfg["DEEP_SUP"]
         U.DiceBCELoss = DeepSupLoss
@@ -218,7 +217,7 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     minutes = (time.time() - t0) / 60
     scores = {"last": full_size_dice(model, val_ds)}
     if cfg["EMA"]:
-        raw = UNet(**model_cfg)
+        raw = build_unet(cfg)
         raw.load_state_dict(weights(run_dir, "last_raw"))
         scores["last_raw"] = full_size_dice(raw, val_ds)
     model.load_state_dict(weights(run_dir, "best"))
