@@ -493,9 +493,9 @@ def make_demo_dataset(root: str | Path, n_train: int = 48, n_test: int = 12, siz
     for k, n in enumerate(names):
         img, mask = make_demo_image(rng, size)
         split = "train" if k < n_train else "test"
-        Image.fromarray(img).save(root / split / "images" / f"{n}.png")
+        Image.fromarray(img).save(root / split / "images" / f"{n}.png", compress_level=1)  # same pixels, 2x faster
         if split == "train":
-            Image.fromarray(mask).save(root / "train" / "masks" / f"{n}.png")
+            Image.fromarray(mask).save(root / "train" / "masks" / f"{n}.png", compress_level=1)
     return root
 
 

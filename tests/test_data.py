@@ -234,6 +234,7 @@ def _mount(folder: Path, data: Path) -> Path:
 
 def test_auto_detection_order(tmp_path, monkeypatch, demo_root):
     _no_kaggle(tmp_path, monkeypatch)
+    monkeypatch.setattr(U, "make_demo_dataset", partial(U.make_demo_dataset, size=64))  # the default counts, fast
     local = tmp_path / "data"
     local.mkdir()
     root, is_demo = U.resolve_data_dir(None, local=local)  # nothing anywhere: demo, generated

@@ -5,6 +5,7 @@ import subprocess
 import tarfile
 import time
 
+import pytest
 from conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_select.sh"
@@ -37,8 +38,14 @@ def run(tmp_path, demo_root, *configs, ref=None, **env):
     return done, out
 
 
-def test_each_configuration_trains_on_validation_splits_and_is_paired_with_the_first(tmp_path, demo_root):
-    done, out = run(tmp_path, demo_root, "a:EDGE_PX=1", "b:EDGE_PX=3,EDGE_WEIGHT=5,DEPTH=5")
+@pytest.fixture(scope="module")
+def two_configs(tmp_path_factory, demo_root):
+    """One call with two configurations, seed 0 (its results also serve as stored runs below)."""
+    return run(tmp_path_factory.mktemp("two"), demo_root, "a:EDGE_PX=1", "b:EDGE_PX=3,EDGE_WEIGHT=5,DEPTH=5")
+
+
+def test_each_configuration_trains_on_validation_splits_and_is_paired_with_the_first(two_configs):
+    done, out = two_configs
     assert done.returncode == 0, done.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
     assert "a seed 0: done" in summary and "b seed 0: done" in summary
@@ -65,8 +72,9 @@ def test_a_malformed_configuration_is_refused_before_any_work(tmp_path, demo_roo
     assert not out.exists()
 
 
-def test_pair_with_pairs_the_candidates_with_stored_runs_and_returns_only_the_new_ones(tmp_path, demo_root):
-    stored = results(run(tmp_path / "first", demo_root, "a:EDGE_PX=1")[1])["sel/a_s0.json"]
+def test_pair_with_pairs_the_candidates_with_stored_runs_and_returns_only_the_new_ones(tmp_path, demo_root,
+                                                                                     two_configs):
+    stored = results(two_configs[1])["sel/a_s0.json"]
     done, out = run(tmp_path / "second", demo_root, "b:EDGE_PX=3", ref={"a_s0.json": stored}, PAIR_WITH="a")
     assert done.returncode == 0, done.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
