@@ -13,6 +13,8 @@ augmentation draws. Every run evaluates several inference variants on the same t
   best       best.pt (by validation Dice at input size), flip TTA: what the notebook does
   best_ms    best.pt, flip TTA at scales 0.75/1/1.25 of the input size
   last       the final weights, flip TTA (with --ema: the averaged weights; last_raw: the raw ones)
+  avgN       with -s AVG_LAST=K: the uniform mean of the last N epochs' weights (N = 3, 5, 10 up to K, and K;
+             BatchNorm's running statistics averaged too): averaging the last checkpoints
   cont       with -s CONT_EPOCHS=K: the final weights after K more epochs on the whole training side (a final fit
              that continues the run instead of starting anew; with TRAIN_FRAC < 1 it sees images the run did not)
 --inference NAME re-scores NAME's stored runs (best and last weights, no training) against flip TTA at 0.5:
@@ -68,9 +70,10 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
                                    "EDGE_WEIGHT", "EDGE_PX")},
             "EMA": 0.0, "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
             "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0, "DEPTH": 4,
-            "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3, "AFFINE_INTERP": "bilinear"}
+            "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3, "AFFINE_INTERP": "bilinear", "AVG_LAST": 0}
 CHOICES = {"AFFINE_INTERP": ("bilinear", "nearest")}  # settings that take a word, and the words they take
 SCALES = U.MULTI_SCALES  # best_ms: the notebook's multi-scale TTA (0.75, 1, 1.25 x the input size)
+AVG_NS = (3, 5, 10)  # with AVG_LAST=K: the averages scored (those up to K, and K itself)
 PP_MIN = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # --inference: MIN_COMPONENT values (0: off; 1: largest region)
 PP_HOLE = (0.0, 0.05, 0.1, 0.2, 0.3)  # and MAX_HOLE values (0: off)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU: AMP, as the notebook
@@ -212,10 +215,27 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     batch = cfg["BATCH_SIZE"]
     train_loader = DataLoader(train_ds, batch, shuffle=True, drop_last=len(train_ds) > batch)
     run_dir = out / "runs" / f"{name}_s{seed}"
+    kept: list[dict] = []  # with AVG_LAST: the last epochs' weights, as U.train saves them to last.pt
+    save = U.save_checkpoint
+
+    def keep(path: Path, ck: dict) -> None:
+        if Path(path).name == "last.pt":
+            kept.append({k: v.detach().clone() for k, v in ck["model"].items()})
+            del kept[:-cfg["AVG_LAST"]]
+        save(path, ck)
+
+    U.save_checkpoint = keep if cfg["AVG_LAST"] else save
     t0 = time.time()
-    history = U.train(model, train_loader, DataLoader(val_ds, batch), tcfg, run_dir, DEVICE, resume=False)
+    try:
+        history = U.train(model, train_loader, DataLoader(val_ds, batch), tcfg, run_dir, DEVICE, resume=False)
+    finally:
+        U.save_checkpoint = save  # the continuation below saves its own last.pt
     minutes = (time.time() - t0) / 60
     scores = {"last": full_size_dice(model, val_ds)}
+    for n in averaged(cfg["AVG_LAST"]):
+        avg = build_unet(cfg)
+        avg.load_state_dict(average_weights(kept[-n:]))
+        scores[f"avg{n}"] = full_size_dice(avg, val_ds)
     if cfg["EMA"]:
         raw = build_unet(cfg)
         raw.load_state_dict(weights(run_dir, "last_raw"))
@@ -238,6 +258,17 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     (out / f"{name}_s{seed}.json").write_text(json.dumps(result, indent=1))
     print(f"{name} seed {seed}: " + "  ".join(f"{k} {np.mean(v):.4f}" for k, v in scores.items())
           + f"  ({minutes:.1f} min)", flush=True)
+
+
+def averaged(k: int) -> list[int]:
+    """With AVG_LAST=k, the numbers of last epochs whose mean weights are scored: AVG_NS below k, and k (0: none)."""
+    return sorted({n for n in AVG_NS if n < k} | {k}) if k else []
+
+
+def average_weights(states: list[dict]) -> dict:
+    """Uniform mean of state dicts: floating tensors averaged, integer ones (BatchNorm's batch count) the last's."""
+    return {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[-1].items()}
 
 
 def weights(run_dir: Path, variant: str) -> dict:

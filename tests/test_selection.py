@@ -44,10 +44,12 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     raw = json.loads((out / "tiny_s0.json").read_text())["scores"]["last_raw"]
     assert f"seed 0: tiny:last_raw {sum(raw) / len(raw):.4f}  tiny {sum(splits[0]) / len(splits[0]):.4f}" in ens.stdout
     # a model trained on fewer images (TRAIN_FRAC) is scored with its own run's channel stats: its record comes back
-    half = subprocess.run([*cmd[:3], "half", "--seeds", "0", "-s", "TRAIN_FRAC=0.5", *cmd[7:]], capture_output=True,
-                          text=True, timeout=600)
+    half = subprocess.run([*cmd[:3], "half", "--seeds", "0", "-s", "TRAIN_FRAC=0.5", *cmd[7:], "-s", "AVG_LAST=1"],
+                          capture_output=True, text=True, timeout=600)
     assert half.returncode == 0, half.stderr[-2000:]
-    rec = json.loads((out / "half_s0.json").read_text())["scores"]["best"]
+    half_scores = json.loads((out / "half_s0.json").read_text())["scores"]
+    rec = half_scores["best"]
+    assert half_scores["avg1"] == half_scores["last"]  # the mean of the last one epoch: the final weights, BN included
     ens = subprocess.run([*cmd[:3], "--ensemble", "tiny", "half", "--seeds", "0", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert ens.returncode == 0, ens.stderr[-2000:]
@@ -101,6 +103,23 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     bad = subprocess.run([*cmd[:3], "--by-coverage", "other:best", "tiny:best", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "not the data it ran on" in bad.stderr
+
+
+def test_checkpoint_averages_are_uniform_means_of_the_last_epochs():
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import selection
+
+    assert selection.averaged(0) == [] and selection.averaged(1) == [1] and selection.averaged(4) == [3, 4]
+    assert selection.averaged(10) == [3, 5, 10] and selection.averaged(12) == [3, 5, 10, 12]
+    states = [{"w": torch.tensor([float(e), 2.0 * e]), "bn.num_batches_tracked": torch.tensor(10 * e)}
+              for e in (1, 2, 3)]
+    mean = selection.average_weights(states)
+    assert torch.equal(mean["w"], torch.tensor([2.0, 4.0]))  # floats averaged
+    assert mean["bn.num_batches_tracked"].item() == 30 and mean["bn.num_batches_tracked"].dtype == torch.int64  # last
+    half = selection.average_weights([{"w": torch.ones(2, dtype=torch.float16)}, {"w": torch.zeros(2).half()}])
+    assert half["w"].dtype == torch.float16 and torch.equal(half["w"], torch.full((2,), 0.5).half())
 
 
 def test_train_frac_shrinks_training_and_keeps_the_validation_images(demo_root):
