@@ -774,11 +774,21 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for a device: bf16 on Ampere+ GPUs, fp16 on older ones (T4), None on CPU."""
-    if device.type != "cuda":
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the AMP values that force a dtype
+
+
+def amp_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype | None:
+    """Autocast dtype: None on CPU or for amp False; True: bf16 on Ampere+ GPUs, fp16 on older (T4); "fp16"/"bf16"."""
+    if not (isinstance(amp, bool) or amp in tuple(AMP_DTYPES)):
+        raise ValueError(f"AMP={amp!r}: use True (the GPU's best dtype), False (fp32), \"fp16\" (the T4's dtype, "
+                         f"on any GPU) or \"bf16\" (Ampere and newer); set it in the notebook's parameters cell")
+    if device.type != "cuda" or amp is False:
         return None
-    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    ampere = torch.cuda.get_device_capability(device)[0] >= 8
+    if amp == "bf16" and not ampere:
+        raise ValueError(f"AMP=\"bf16\": {torch.cuda.get_device_name(device)} has no bf16 tensor cores; use AMP=True "
+                         f"(fp16 there) in the notebook's parameters cell")
+    return AMP_DTYPES[amp] if isinstance(amp, str) else torch.bfloat16 if ampere else torch.float16
 
 
 @dataclass
@@ -798,7 +808,7 @@ class TrainConfig:
     lovasz_epochs: int = 0  # the last N epochs train on the Lovász hinge alone (a fine-tuning stage)
     low_res: int = 0  # progressive resizing: the first low_res_epochs train on batches downscaled to this side
     low_res_epochs: int = 0
-    amp: bool = True
+    amp: bool | str = True  # False, True (bf16 on Ampere+, fp16 on a T4) or "fp16"/"bf16": amp_dtype
     patience: int = 0  # early stopping: epochs without val Dice gain (0: off)
     time_budget_min: float = 0.0  # stop after the epoch that crosses it (0: no limit)
     ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights (e.g. 0.99)
@@ -890,7 +900,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
     """
     model.train()
     ddp = isinstance(model, DistributedDataParallel)
-    dtype = amp_dtype(device) if cfg.amp else None
+    dtype = amp_dtype(device, cfg.amp)
     losses, dices = [], []
     bar = tqdm(loader, desc=f"época {epoch + 1}/{cfg.epochs}, entrenamiento", leave=False)
     for step, (x, y) in enumerate(bar):
@@ -943,10 +953,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
-             amp: bool = True) -> tuple[float, float]:
+             amp: bool | str = True) -> tuple[float, float]:
     """(mean loss, mean per-image Dice at threshold 0.5) at training resolution."""
     model.eval()
-    dtype = amp_dtype(device) if amp else None
+    dtype = amp_dtype(device, amp)
     losses, dices = [], []
     for x, y in loader:
         x, y = _to_device(x, y, loader, device)
@@ -1013,7 +1023,7 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
     steps = cfg.epochs * len(train_loader)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(steps, max(1, int(cfg.warmup_epochs * len(train_loader)))))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and amp_dtype(device) == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, cfg.amp) == torch.float16)
     history: dict[str, list[float]] = {k: [] for k in ("train_loss", "val_loss", "train_dice", "val_dice", "lr")}
     start, best, stale, state = 0, -1.0, 0, {"chunks": chunks, "ema": None}
     if cfg.ema_decay:  # the averaged copy is what gets validated, saved as "model" and used for inference
@@ -1299,7 +1309,7 @@ def peak_step_memory(model: nn.Module, img_size: int, batch: int, device: torch.
         model.zero_grad(set_to_none=True)
 
 
-def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: bool = True,
+def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: bool | str = True,
                     max_batch: int = 64, memory_fraction: float = 0.8) -> int:
     """Largest power-of-two batch whose real training step fits in memory_fraction of the GPU.
 
@@ -1310,7 +1320,7 @@ def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: 
         raise ValueError("find_batch_size probes GPU memory; on CPU pick a batch size by hand")
     saved = copy.deepcopy(model.state_dict())  # the probe's steps must not change the model
     total = torch.cuda.get_device_properties(device).total_memory
-    dtype = amp_dtype(device) if amp else None
+    dtype = amp_dtype(device, amp)
     batch = max_batch
     while batch >= 1:
         try:
@@ -1380,7 +1390,7 @@ def tta_scales(img_size: int) -> tuple[float, ...]:
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool = True,
-                  batch_size: int = 8, amp: bool = True,
+                  batch_size: int = 8, amp: bool | str = True,
                   scales: Sequence[float] = (1.0,)) -> Iterable[tuple[int, np.ndarray]]:
     """Yield (index, probability map at the image's own size) for every item of a cached dataset.
 
@@ -1390,7 +1400,7 @@ def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch
     the sigmoid, so thresholds apply at full resolution.
     """
     model.eval()
-    dtype = amp_dtype(device) if amp else None
+    dtype = amp_dtype(device, amp)
     for lo in range(0, len(ds), batch_size):
         idx = list(range(lo, min(lo + batch_size, len(ds))))
         x = ds.normalize(torch.stack([ds.sample(i, None)[0] for i in idx]).to(device))

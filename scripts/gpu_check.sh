@@ -15,6 +15,8 @@
 # since the epoch; default: start + 540, inside one 10-minute call); an unfinished run's row says "timeout".
 # Writes OUT/summary.tsv (one row per run), OUT/env.txt, OUT/notebook_lines.txt and OUT/logs.tgz (every log):
 # four files, inside what the device tool brings back.
+# The notebooks train with AMP "fp16", the T4's dtype (on the H100 the notebook's own choice would be bf16), so that
+# the figures speak for the T4s users train on; NB_PARAMS="AMP True" gives the GPU's own choice back.
 # NB_PARAMS="NAME VALUE ..." adds notebook parameters to every notebook run (e.g. NB_PARAMS="DEPTH 5": a setting
 # chosen on validation in the same session, scripts/gpu_select.sh). PLAIN_LOOP=0 skips the plain loop, whose rows for
 # these seeds, size, width and epochs are already recorded (README "Dice on real photos (GPU defaults)"): the
@@ -52,7 +54,7 @@ if (( ${#NB_EXTRA[@]} % 2 )) || [[ ${#NB_EXTRA[@]} -gt 0 && ! " ${NB_EXTRA[*]} "
     echo "error: NB_PARAMS='${NB_PARAMS:-}' is not NAME VALUE pairs (notebook parameters, e.g. NB_PARAMS=\"DEPTH 5\")" >&2
     exit 1
 fi
-NB_P=()
+NB_P=(-p AMP fp16)  # the T4's dtype; a later -p AMP (from NB_PARAMS) wins
 for ((i = 0; i < ${#NB_EXTRA[@]}; i += 2)); do NB_P+=(-p "${NB_EXTRA[i]}" "${NB_EXTRA[i + 1]}"); done
 PLAIN_ON=${PLAIN_LOOP:-1}
 require_kit

@@ -42,11 +42,12 @@ def test_notebook_parameters_reach_every_run_and_the_plain_loop_can_be_left_out(
     assert [r[:2] for r in rows] == [["notebook_final_fit", "0"], ["notebook_validated_model", "0"]]  # no plain loop
     for r in rows:
         assert 0 <= float(r[2]) <= 1 and r[4].isdigit(), r  # the referee's Dice, the wall seconds
-    assert "notebook parameters added: -p DEPTH 5; plain loop: off" in (out / "env.txt").read_text()
+    assert "notebook parameters added: -p AMP fp16 -p DEPTH 5; plain loop: off" in (out / "env.txt").read_text()
     with tarfile.open(out / "logs.tgz") as tar:
         for name in ("logs/nb_final_s0.log", "logs/nb_validated_s0.log"):
             log = tar.extractfile(name).read().decode()
-            assert "DEPTH = 5" in log.splitlines()[0]  # run_cells.py's first line: the parameters it set
+            first = log.splitlines()[0]  # run_cells.py's first line: the parameters it set
+            assert "DEPTH = 5" in first and "AMP = 'fp16'" in first  # the T4's dtype (off on this CPU)
             assert re.search(r"Down: 2-6 +\[1, 256, 2, 2\]", log)  # the summary (5): a fifth Down, 64 px -> 2 px
 
 

@@ -205,7 +205,9 @@ def test_warmup_cosine_schedule():
 
 
 def test_amp_dtype_and_batch_finder_on_cpu():
-    assert U.amp_dtype(CPU) is None
+    assert all(U.amp_dtype(CPU, amp) is None for amp in (True, False, "fp16", "bf16"))
+    with pytest.raises(ValueError, match="AMP='float16'.*parameters cell"):  # checked on any device
+        U.amp_dtype(CPU, "float16")
     with pytest.raises(ValueError, match="GPU"):
         U.find_batch_size(torch.nn.Conv2d(3, 1, 1), 64, CPU)
 
@@ -228,6 +230,21 @@ def test_batch_finder_halves_on_oom_and_on_a_peak_above_the_fraction(UNet, monke
     assert out.count("sin memoria, a la mitad") == 2 and "> 80% de la GPU, a la mitad" in out
 
 
+def test_amp_dtype_per_gpu_generation(monkeypatch):
+    """AMP=True picks bf16 from Ampere on and fp16 on a T4; "fp16" forces the T4's dtype anywhere (GPUs simulated)."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    for capability, auto in (((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert U.amp_dtype(cuda) is auto and U.amp_dtype(cuda, True) is auto
+        assert U.amp_dtype(cuda, False) is None and U.amp_dtype(cuda, "fp16") is torch.float16
+        if capability >= (8, 0):
+            assert U.amp_dtype(cuda, "bf16") is torch.bfloat16
+        else:
+            with pytest.raises(ValueError, match="Tesla T4 has no bf16"):
+                U.amp_dtype(cuda, "bf16")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_batch_finder_on_gpu(UNet):
     model = UNet(base=8)
@@ -238,13 +255,12 @@ def test_batch_finder_on_gpu(UNet):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_fp16_training_with_grad_scaler_on_gpu(UNet, demo_ds, tmp_path, monkeypatch):
-    """The T4 path (fp16 autocast + GradScaler, channels_last, augmentation on the GPU) on any CUDA card."""
-    monkeypatch.setattr(U, "amp_dtype", lambda device: torch.float16)
+def test_fp16_training_with_grad_scaler_on_gpu(UNet, demo_ds, tmp_path):
+    """The T4 path (fp16 autocast + GradScaler, channels_last, augmentation on the GPU) on any CUDA card: AMP="fp16"."""
     U.seed_everything(0)
     tr = DataLoader(U.Subset(demo_ds, range(0, 20), U.train_transform(0.5)), 4, shuffle=True, pin_memory=True)
     va = DataLoader(U.Subset(demo_ds, range(20, 24)), 4)
-    h = U.train(UNet(base=8), tr, va, U.TrainConfig(epochs=8, lr=1e-2, amp=True, model={"base": 8}), tmp_path,
+    h = U.train(UNet(base=8), tr, va, U.TrainConfig(epochs=8, lr=1e-2, amp="fp16", model={"base": 8}), tmp_path,
                 torch.device("cuda"))
     assert h["train_loss"][-1] < 0.8 * h["train_loss"][0]
     last = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
