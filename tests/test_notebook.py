@@ -25,6 +25,15 @@ def test_one_parameters_cell_with_the_documented_names():
     assert ns["DATA_DIR"] is None and ns["BATCH_SIZE"] == "auto" and ns["DEVICES"] == "auto"
 
 
+def test_papermill_reads_every_parameter():
+    """`papermill --help-notebook` lists every upper-case name; it skips lines whose comment holds another '='."""
+    papermill = pytest.importorskip("papermill")
+    ns: dict = {}
+    exec(notebook_cells("parameters")[0], ns)
+    assigned = {name for name in ns if name.isupper()}
+    assert set(papermill.inspect_notebook(str(NOTEBOOK))) == assigned
+
+
 def test_committed_without_outputs():
     nb = json.loads(NOTEBOOK.read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
