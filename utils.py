@@ -778,11 +778,14 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the AMP values t
 
 
 def amp_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype | None:
-    """Autocast dtype: None on CPU or for amp False; True: bf16 on Ampere+ GPUs, fp16 on older (T4); "fp16"/"bf16"."""
+    """Autocast dtype: None for amp False; GPU: True is bf16 on Ampere+, fp16 on older (T4); CPU: bf16 if "bf16"."""
     if not (isinstance(amp, bool) or amp in tuple(AMP_DTYPES)):
         raise ValueError(f"AMP={amp!r}: use True (the GPU's best dtype), False (fp32), \"fp16\" (the T4's dtype, "
-                         f"on any GPU) or \"bf16\" (Ampere and newer); set it in the notebook's parameters cell")
-    if device.type != "cuda" or amp is False:
+                         f"on any GPU) or \"bf16\" (Ampere and newer; on a CPU, opt-in); set it in the notebook's "
+                         f"parameters cell")
+    if device.type != "cuda":  # the CPU trains in fp32 unless asked for bf16 (its speed depends on the CPU: README)
+        return torch.bfloat16 if amp == "bf16" else None
+    if amp is False:
         return None
     ampere = torch.cuda.get_device_capability(device)[0] >= 8
     if amp == "bf16" and not ampere:
@@ -1436,10 +1439,10 @@ def _scaled_logits(model: nn.Module, x: torch.Tensor, scale: float, tta: bool, d
 
 def threshold_sweep(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device,
                     thresholds: Sequence[float], tta: bool = True,
-                    scales: Sequence[float] = (1.0,)) -> tuple[np.ndarray, list[float]]:
+                    scales: Sequence[float] = (1.0,), amp: bool | str = True) -> tuple[np.ndarray, list[float]]:
     """Per-image full-resolution Dice for each threshold (N x T) and each image's true coverage."""
     scores, coverage = np.zeros((len(ds), len(thresholds))), []
-    probs = predict_probs(model, ds, device, tta, scales=scales)
+    probs = predict_probs(model, ds, device, tta, scales=scales, amp=amp)
     for i, prob in tqdm(probs, total=len(ds), desc="evaluación a tamaño completo", leave=False):
         truth = read_mask(ds.items[i][1]).astype(bool)
         coverage.append(float(truth.mean()))

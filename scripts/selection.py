@@ -70,8 +70,10 @@ DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
                                    "EDGE_WEIGHT", "EDGE_PX")},
             "EMA": 0.0, "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
             "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0, "DEPTH": 4,
-            "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3, "AFFINE_INTERP": "bilinear", "AVG_LAST": 0}
-CHOICES = {"AFFINE_INTERP": ("bilinear", "nearest")}  # settings that take a word, and the words they take
+            "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3, "AFFINE_INTERP": "bilinear", "AVG_LAST": 0,
+            "AMP": "auto"}
+# settings that take a word, and the words they take (AMP auto: the notebook's default; bf16: on a CPU too)
+CHOICES = {"AFFINE_INTERP": ("bilinear", "nearest"), "AMP": ("auto", "bf16")}
 SCALES = U.MULTI_SCALES  # best_ms: the notebook's multi-scale TTA (0.75, 1, 1.25 x the input size)
 AVG_NS = (3, 5, 10)  # with AVG_LAST=K: the averages scored (those up to K, and K itself)
 PP_MIN = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # --inference: MIN_COMPONENT values (0: off; 1: largest region)
@@ -169,9 +171,14 @@ class DeepSupLoss(U.DiceBCELoss):
         return loss
 
 
-def full_size_dice(model: torch.nn.Module, ds: U.Subset, scales=(1.0,)) -> list[float]:
-    """Per-image Dice at each image's own size, flip TTA, threshold 0.5."""
-    scores, _ = U.threshold_sweep(model.to(DEVICE), ds, DEVICE, [0.5], tta=True, scales=scales)
+def run_amp(cfg: dict) -> bool | str:
+    """The notebook's AMP for this run: its default (on a GPU; fp32 on a CPU), or "bf16" (AMP=bf16, on a CPU too)."""
+    return "bf16" if cfg.get("AMP") == "bf16" else DEVICE.type == "cuda"  # older result files lack the key
+
+
+def full_size_dice(model: torch.nn.Module, ds: U.Subset, scales=(1.0,), amp: bool | str = True) -> list[float]:
+    """Per-image Dice at each image's own size, flip TTA, threshold 0.5 (inference in the run's AMP dtype)."""
+    scores, _ = U.threshold_sweep(model.to(DEVICE), ds, DEVICE, [0.5], tta=True, scales=scales, amp=amp)
     return scores[:, 0].tolist()
 
 
@@ -208,7 +215,7 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
         DeepSupLoss.model, DeepSupLoss.weight = model, cfg["DEEP_SUP"]
         U.DiceBCELoss = DeepSupLoss
     tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"],
-                         amp=DEVICE.type == "cuda", ema_decay=cfg["EMA"], model=model_cfg,
+                         amp=run_amp(cfg), ema_decay=cfg["EMA"], model=model_cfg,
                          dice_weight=cfg["DICE_WEIGHT"], edge_weight=cfg["EDGE_WEIGHT"], edge_px=cfg["EDGE_PX"],
                          lovasz_weight=cfg["LOVASZ_WEIGHT"], lovasz_epochs=cfg["LOVASZ_EPOCHS"], low_res=cfg["LOW_RES"],
                          low_res_epochs=cfg["LOW_RES_EPOCHS"], grad_clip=cfg["GRAD_CLIP"])
@@ -231,18 +238,18 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     finally:
         U.save_checkpoint = save  # the continuation below saves its own last.pt
     minutes = (time.time() - t0) / 60
-    scores = {"last": full_size_dice(model, val_ds)}
+    scores = {"last": full_size_dice(model, val_ds, amp=run_amp(cfg))}
     for n in averaged(cfg["AVG_LAST"]):
         avg = build_unet(cfg)
         avg.load_state_dict(average_weights(kept[-n:]))
-        scores[f"avg{n}"] = full_size_dice(avg, val_ds)
+        scores[f"avg{n}"] = full_size_dice(avg, val_ds, amp=run_amp(cfg))
     if cfg["EMA"]:
         raw = build_unet(cfg)
         raw.load_state_dict(weights(run_dir, "last_raw"))
-        scores["last_raw"] = full_size_dice(raw, val_ds)
+        scores["last_raw"] = full_size_dice(raw, val_ds, amp=run_amp(cfg))
     model.load_state_dict(weights(run_dir, "best"))
-    scores["best"] = full_size_dice(model, val_ds)
-    scores["best_ms"] = full_size_dice(model, val_ds, SCALES)
+    scores["best"] = full_size_dice(model, val_ds, amp=run_amp(cfg))
+    scores["best_ms"] = full_size_dice(model, val_ds, SCALES, amp=run_amp(cfg))
     cont_minutes = 0.0
     if cfg["CONT_EPOCHS"]:  # the final fit as a continuation: the last weights train CONT_EPOCHS more on all of `whole`
         model.load_state_dict(weights(run_dir, "last"))
@@ -251,7 +258,7 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
                 dataclasses.replace(tcfg, epochs=cfg["CONT_EPOCHS"], lr=cfg["CONT_LR"]), run_dir / "cont", DEVICE,
                 resume=False)
         cont_minutes = (time.time() - t0) / 60
-        scores["cont"] = full_size_dice(model, val_ds)
+        scores["cont"] = full_size_dice(model, val_ds, amp=run_amp(cfg))
     result = {"name": name, "seed": seed, "config": cfg, "train_minutes": minutes, "cont_minutes": cont_minutes,
               "n_val": len(val_ds),
               "best_epoch": int(np.argmax(history["val_dice"])) + 1, "scores": scores}

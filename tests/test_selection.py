@@ -122,6 +122,18 @@ def test_checkpoint_averages_are_uniform_means_of_the_last_epochs():
     assert half["w"].dtype == torch.float16 and torch.equal(half["w"], torch.full((2,), 0.5).half())
 
 
+def test_amp_setting_is_the_notebooks_default_or_bf16_and_nothing_else(demo_root, tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import selection
+
+    on_gpu = selection.DEVICE.type == "cuda"
+    assert selection.run_amp(selection.DEFAULTS) is on_gpu and selection.run_amp({}) is on_gpu  # older results: no key
+    assert selection.run_amp(dict(selection.DEFAULTS, AMP="bf16")) == "bf16"
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "selection.py"), str(demo_root), "x", "-s", "AMP=fp16",
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "AMP takes one of auto, bf16, not 'fp16'" in bad.stderr
+
+
 def test_train_frac_shrinks_training_and_keeps_the_validation_images(demo_root):
     sys.path.insert(0, str(ROOT / "scripts"))
     import selection

@@ -205,11 +205,37 @@ def test_warmup_cosine_schedule():
 
 
 def test_amp_dtype_and_batch_finder_on_cpu():
-    assert all(U.amp_dtype(CPU, amp) is None for amp in (True, False, "fp16", "bf16"))
+    assert all(U.amp_dtype(CPU, amp) is None for amp in (True, False, "fp16"))  # a CPU trains in fp32 by default
+    assert U.amp_dtype(CPU, "bf16") is torch.bfloat16  # unless bf16 is asked for
     with pytest.raises(ValueError, match="AMP='float16'.*parameters cell"):  # checked on any device
         U.amp_dtype(CPU, "float16")
     with pytest.raises(ValueError, match="GPU"):
         U.find_batch_size(torch.nn.Conv2d(3, 1, 1), 64, CPU)
+
+
+def test_bf16_on_cpu_trains_in_bf16_keeps_fp32_weights_and_predicts_like_fp32(UNet, demo_ds, tmp_path, monkeypatch):
+    """AMP="bf16" on a CPU: the convolutions run in bf16, the weights and the loss stay fp32, inference follows AMP."""
+    U.seed_everything(0)
+    tr, va = loaders(demo_ds, shuffle=True)
+    model = UNet(base=8)
+    seen = set()
+    model.inc.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype))
+    h = U.train(model, tr, va, U.TrainConfig(epochs=12, lr=1e-2, amp="bf16", model={"base": 8}), tmp_path, CPU)
+    assert seen == {torch.bfloat16}
+    assert h["train_loss"][-1] < 0.75 * h["train_loss"][0] and max(h["val_dice"][-3:]) > h["val_dice"][0] + 0.1
+    last = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
+    assert all(v.dtype == torch.float32 for v in last["model"].values() if v.is_floating_point())
+    seen.clear()
+    val = U.Subset(demo_ds, range(20, 24))
+    bf16 = [p for _, p in U.predict_probs(model, val, CPU, amp="bf16")]
+    assert seen == {torch.bfloat16}
+    fp32 = [p for _, p in U.predict_probs(model, val, CPU, amp=False)]
+    assert all(b.dtype == np.float32 for b in bf16)
+    assert max(np.abs(b - f).max() for b, f in zip(bf16, fp32)) < 0.1  # bf16 keeps 8 bits of mantissa
+    calls = []
+    monkeypatch.setattr(U, "predict_probs", lambda *a, **kw: calls.append(kw["amp"]) or iter([]))
+    U.threshold_sweep(model, val, CPU, [0.5], amp="bf16")
+    assert calls == ["bf16"]  # the validation sweep infers in the run's dtype too
 
 
 def test_batch_finder_halves_on_oom_and_on_a_peak_above_the_fraction(UNet, monkeypatch, capsys):
