@@ -777,6 +777,18 @@ def seed_everything(seed: int) -> None:
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the AMP values that force a dtype
 
 
+CPUINFO = Path("/proc/cpuinfo")  # where Linux lists the CPU's instruction sets
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU has bf16 instructions (avx512_bf16 or AMX in /proc/cpuinfo) and oneDNN may use them."""
+    try:
+        flags = set(CPUINFO.read_text().split())
+    except OSError:  # not Linux: unknown, so no
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def amp_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype | None:
     """Autocast dtype: None for amp False; GPU: True is bf16 on Ampere+, fp16 on older (T4); CPU: bf16 if "bf16"."""
     if not (isinstance(amp, bool) or amp in tuple(AMP_DTYPES)):
@@ -784,6 +796,10 @@ def amp_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype | Non
                          f"on any GPU) or \"bf16\" (Ampere and newer; on a CPU, opt-in); set it in the notebook's "
                          f"parameters cell")
     if device.type != "cuda":  # the CPU trains in fp32 unless asked for bf16 (its speed depends on the CPU: README)
+        if amp == "bf16" and not cpu_has_bf16():
+            raise ValueError("AMP=\"bf16\": this CPU has no bf16 instructions (avx512_bf16 or AMX), so bf16 would be "
+                             "emulated: 15x slower than fp32 on an AVX2 CPU (README, Speed and memory); use AMP=True "
+                             "(fp32 on a CPU) in the notebook's parameters cell")
         return torch.bfloat16 if amp == "bf16" else None
     if amp is False:
         return None

@@ -172,12 +172,13 @@ def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path
     epochs = re.findall(r"^época +\d+/2 .*", said, flags=re.M)  # one line per epoch: validated run, then final fit
     assert len(epochs) == 4 and "it/s" not in said and all("sin validación" in e for e in epochs[2:])
     check_summary(said, run_dir, tmp_path)
-    again = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", "FINAL_FIT=False", "AMP=bf16",
-                         env={"HOME": str(home)})  # 1 process; AMP may change on resume: bf16 on this CPU, opt-in
+    bf16 = U.cpu_has_bf16()  # AMP may change on resume: bf16 on a CPU, opt-in, where the CPU has the instructions
+    again = run_notebook(tmp_path, "EPOCHS=2", "SUBMISSION_PATH=sub.csv", "FINAL_FIT=False",
+                         f"AMP={'bf16' if bf16 else 'True'}", env={"HOME": str(home)})  # 1 process
     assert again.returncode == 0, again.stderr[-3000:]
     said = outputs_text(tmp_path / "out.ipynb")
     assert "reanudado desde" in said and "sub_1.csv" in said  # resumed, and the first CSV was kept
-    assert re.search(r"AMP \(tipo\) +torch.bfloat16", said)
+    assert re.search(rf"AMP \(tipo\) +{'torch.bfloat16' if bf16 else 'None'}", said)
     assert summary_of(said)["modelo del CSV"] == "el validado (best.pt)"
     assert (tmp_path / "sub_1.csv").read_text() != (tmp_path / "sub.csv").read_text()  # the final model wrote sub.csv
     changed = run_notebook(tmp_path, "EPOCHS=2", "AUG_STRENGTH=0.5", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})

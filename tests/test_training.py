@@ -204,15 +204,29 @@ def test_warmup_cosine_schedule():
     assert all(f(s) >= f(s + 1) for s in range(10, 100))
 
 
-def test_amp_dtype_and_batch_finder_on_cpu():
+def test_amp_dtype_and_batch_finder_on_cpu(monkeypatch):
     assert all(U.amp_dtype(CPU, amp) is None for amp in (True, False, "fp16"))  # a CPU trains in fp32 by default
+    monkeypatch.setattr(U, "cpu_has_bf16", lambda: True)
     assert U.amp_dtype(CPU, "bf16") is torch.bfloat16  # unless bf16 is asked for
+    monkeypatch.setattr(U, "cpu_has_bf16", lambda: False)  # and the CPU has it: emulated bf16 is 15x slower
+    with pytest.raises(ValueError, match="this CPU has no bf16 instructions.*AMP=True.*parameters cell"):
+        U.amp_dtype(CPU, "bf16")
     with pytest.raises(ValueError, match="AMP='float16'.*parameters cell"):  # checked on any device
         U.amp_dtype(CPU, "float16")
     with pytest.raises(ValueError, match="GPU"):
         U.find_batch_size(torch.nn.Conv2d(3, 1, 1), 64, CPU)
 
 
+def test_cpu_bf16_needs_the_instructions_in_cpuinfo(tmp_path, monkeypatch):
+    monkeypatch.setattr(U, "CPUINFO", tmp_path / "cpuinfo")
+    assert not U.cpu_has_bf16()  # no file (not Linux): no
+    (tmp_path / "cpuinfo").write_text("processor : 0\nflags : fpu sse2 avx2 fma avx512f avx512_vnni\n")
+    assert not U.cpu_has_bf16()
+    (tmp_path / "cpuinfo").write_text("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    assert U.cpu_has_bf16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()  # and oneDNN must agree
+
+
+@pytest.mark.skipif(not U.cpu_has_bf16(), reason="this CPU has no bf16 instructions: AMP='bf16' refuses it there")
 def test_bf16_on_cpu_trains_in_bf16_keeps_fp32_weights_and_predicts_like_fp32(UNet, demo_ds, tmp_path, monkeypatch):
     """AMP="bf16" on a CPU: the convolutions run in bf16, the weights and the loss stay fp32, inference follows AMP."""
     U.seed_everything(0)
