@@ -238,18 +238,18 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     finally:
         U.save_checkpoint = save  # the continuation below saves its own last.pt
     minutes = (time.time() - t0) / 60
-    scores = {"last": full_size_dice(model, val_ds, amp=run_amp(cfg))}
+    scores = {"last": full_size_dice(model, val_ds, amp=tcfg.amp)}
     for n in averaged(cfg["AVG_LAST"]):
         avg = build_unet(cfg)
         avg.load_state_dict(average_weights(kept[-n:]))
-        scores[f"avg{n}"] = full_size_dice(avg, val_ds, amp=run_amp(cfg))
+        scores[f"avg{n}"] = full_size_dice(avg, val_ds, amp=tcfg.amp)
     if cfg["EMA"]:
         raw = build_unet(cfg)
         raw.load_state_dict(weights(run_dir, "last_raw"))
-        scores["last_raw"] = full_size_dice(raw, val_ds, amp=run_amp(cfg))
+        scores["last_raw"] = full_size_dice(raw, val_ds, amp=tcfg.amp)
     model.load_state_dict(weights(run_dir, "best"))
-    scores["best"] = full_size_dice(model, val_ds, amp=run_amp(cfg))
-    scores["best_ms"] = full_size_dice(model, val_ds, SCALES, amp=run_amp(cfg))
+    scores["best"] = full_size_dice(model, val_ds, amp=tcfg.amp)
+    scores["best_ms"] = full_size_dice(model, val_ds, SCALES, amp=tcfg.amp)
     cont_minutes = 0.0
     if cfg["CONT_EPOCHS"]:  # the final fit as a continuation: the last weights train CONT_EPOCHS more on all of `whole`
         model.load_state_dict(weights(run_dir, "last"))
@@ -258,7 +258,7 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
                 dataclasses.replace(tcfg, epochs=cfg["CONT_EPOCHS"], lr=cfg["CONT_LR"]), run_dir / "cont", DEVICE,
                 resume=False)
         cont_minutes = (time.time() - t0) / 60
-        scores["cont"] = full_size_dice(model, val_ds, amp=run_amp(cfg))
+        scores["cont"] = full_size_dice(model, val_ds, amp=tcfg.amp)
     result = {"name": name, "seed": seed, "config": cfg, "train_minutes": minutes, "cont_minutes": cont_minutes,
               "n_val": len(val_ds),
               "best_epoch": int(np.argmax(history["val_dice"])) + 1, "scores": scores}
@@ -314,7 +314,7 @@ def ensemble(data: Path, names: list[str], seeds: list[int], out: Path) -> None:
         for (n, variant), cfg, val_ds in zip(specs, cfgs, vals):
             model = build_unet(cfg)
             model.load_state_dict(weights(out / "runs" / f"{n}_s{seed}", variant))
-            probs.append([p for _, p in U.predict_probs(model.to(DEVICE), val_ds, DEVICE, tta=True)])
+            probs.append([p for _, p in U.predict_probs(model.to(DEVICE), val_ds, DEVICE, tta=True, amp=run_amp(cfg))])
         truths = [U.read_mask(vals[0].items[i][1]).astype(bool) for i in range(len(vals[0]))]
         one = [np.mean([U.dice_score(p > 0.5, t) for p, t in zip(ps, truths)]) for ps in probs]
         avg = np.mean([U.dice_score(np.mean(ps, 0) > 0.5, t) for *ps, t in zip(*probs, truths)])
@@ -345,8 +345,8 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
             d: dict[str, list[float]] = {"tta": [], "cc10": [], "holes10": [], "cc10_holes10": [], "notta": []}
             sweep = np.zeros((len(val_ds), len(thresholds)))
             pp = np.zeros((len(val_ds), len(PP_MIN), len(PP_HOLE)))  # Dice of U.postprocess(mask, a, b)
-            for (i, prob), (_, plain) in zip(U.predict_probs(model, val_ds, DEVICE, tta=True),
-                                             U.predict_probs(model, val_ds, DEVICE, tta=False)):
+            for (i, prob), (_, plain) in zip(U.predict_probs(model, val_ds, DEVICE, tta=True, amp=run_amp(cfg)),
+                                             U.predict_probs(model, val_ds, DEVICE, tta=False, amp=run_amp(cfg))):
                 mask, t = prob > 0.5, truths[i]
                 sweep[i] = [U.dice_score(prob > th, t) for th in thresholds]
                 for j, a in enumerate(PP_MIN):  # U.postprocess(mask, a, b), the regions dropped once per a
