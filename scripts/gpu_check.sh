@@ -8,8 +8,9 @@
 #   bash scripts/gpu_check.sh OUT SEED [SEED...] # on the GPU machine (device tool: carry [".gpu"], OUT=$OUT)
 #   bash scripts/gpu_check.sh --dry-run OUT SEED [SEED...]  # here, on the CPU: the same steps at toy size
 #
-# The seeds run side by side, so that one 10-minute call measures several: seed k's notebook on cores 4k and 4k+1,
-# its plain loop on 4k+2 and 4k+3 (when the machine has them; else unpinned), all on the one GPU. A single run
+# The seeds run side by side, so that one 10-minute call measures several: seed k's notebook on cores F+4k and
+# F+4k+1, its plain loop on F+4k+2 and F+4k+3 (F: FIRST_CORE, default 0; with PLAIN_LOOP=0 the notebooks take
+# F+2k and F+2k+1; when the machine has too few cores, unpinned), all on the one GPU. A single run
 # uses a small share of a big GPU at the dev set's batch 4, but the runs do share it: the wall times are those
 # of runs sharing the GPU, an upper bound on a run alone. Every command stops at GPU_CHECK_DEADLINE (seconds
 # since the epoch; default: start + 540, inside one 10-minute call); an unfinished run's row says "timeout".
@@ -39,7 +40,7 @@ if [[ ${1:-} == --prepare ]]; then
     cp "$ROOT"/selection/gpu_*_s*.json "$KIT/ref/" 2> /dev/null || true
     echo "reference runs in $KIT/ref: $(ls "$KIT/ref" | sed 's/_s[0-9]*\.json$//' | sort | uniq -c | xargs || true)"
     du -sh "$KIT"
-    echo "ready: carry [\".gpu\"] and run: bash scripts/gpu_check.sh \$OUT 0 1 2 (seeds side by side)"
+    echo "ready: carry [\".gpu\"] and run: bash scripts/gpu_session.sh \$OUT (the next session's one call, README)"
     exit 0
 fi
 
@@ -64,8 +65,10 @@ DEADLINE=${GPU_CHECK_DEADLINE:-$((START + 540))}
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=$KIT/whl  # torchinfo from the carried wheel
 export TQDM_MININTERVAL=10 PYTHONUNBUFFERED=1  # progress bars: a line per 10 s in the logs
 NCORES=$(nproc)
+FIRST=${FIRST_CORE:-0}  # scripts/gpu_session.sh gives the cores after this call's to gpu_select.sh
+STRIDE=$([[ $PLAIN_ON == 0 ]] && echo 2 || echo 4)  # cores per seed: the notebook's 2, and the plain loop's 2
 PINNED=0
-if can_pin $((4 * ${#SEEDS[@]})); then PINNED=1; fi
+if can_pin $((FIRST + STRIDE * ${#SEEDS[@]})); then PINNED=1; fi
 
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
 LOGS=$WORK/logs
@@ -78,7 +81,8 @@ if [[ $DRY == 1 ]]; then SIZE=(-p IMG_SIZE 64 -p EPOCHS 1 -p BASE_CHANNELS 8); P
     echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?') dry-run=$DRY seeds=${SEEDS[*]}"
     echo "# notebook parameters added: ${NB_P[*]:-none}; plain loop: $([[ $PLAIN_ON == 0 ]] && echo off || echo on)"
     machine_lines
-    if [[ $PINNED == 1 ]]; then echo "cores: 2 per run (taskset), ${#SEEDS[@]} seeds side by side on $NCORES cores"
+    if [[ $PINNED == 1 ]]; then echo "cores: 2 per run (taskset), ${#SEEDS[@]} seeds side by side on cores" \
+        "$FIRST-$((FIRST + STRIDE * ${#SEEDS[@]} - 1)) of $NCORES"
     else echo "cores: unpinned ($NCORES for ${#SEEDS[@]} seeds side by side)"; fi
 } | tee "$OUT/env.txt"
 "$PY" "$KIT/shared/tools/make_dataset.py" "$DATA" > "$LOGS/make_dataset.log"
@@ -135,8 +139,8 @@ plain_chain() {  # plain_chain SEED CORE: the plain loop at the same size, width
 
 k=0
 for s in "${SEEDS[@]}"; do
-    notebook_chain "$s" $((4 * k)) &
-    [[ $PLAIN_ON == 0 ]] || plain_chain "$s" $((4 * k + 2)) &
+    notebook_chain "$s" $((FIRST + STRIDE * k)) &
+    [[ $PLAIN_ON == 0 ]] || plain_chain "$s" $((FIRST + STRIDE * k + 2)) &
     k=$((k + 1))
 done
 wait

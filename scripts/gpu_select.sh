@@ -55,8 +55,9 @@ BASE=(-s IMG_SIZE=384 -s BASE_CHANNELS=32 -s EPOCHS=60)
 if [[ $DRY == 1 ]]; then BASE=(-s IMG_SIZE=64 -s BASE_CHANNELS=8 -s EPOCHS=1); fi
 NJOBS=$(( ${#CONFIGS[@]} * ${#SEEDS[@]} ))
 NCORES=$(nproc)
+FIRST=${FIRST_CORE:-0}  # run k on cores FIRST+2k and FIRST+2k+1 (scripts/gpu_session.sh gives gpu_check.sh the first)
 PINNED=0
-if can_pin $((2 * NJOBS)); then PINNED=1; fi
+if can_pin $((FIRST + 2 * NJOBS)); then PINNED=1; fi
 THREADS=2
 (( PINNED == 1 )) || THREADS=$(( NCORES / NJOBS > 0 ? NCORES / NJOBS : 1 ))
 
@@ -67,7 +68,8 @@ DATA=$WORK/real
     echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?') dry-run=$DRY"
     echo "# seeds: ${SEEDS[*]}; configurations: ${CONFIGS[*]}; common: ${BASE[*]}; paired with: ${PAIR_WITH:-${CONFIGS[0]%%:*}}"
     machine_lines
-    if [[ $PINNED == 1 ]]; then echo "cores: 2 per run (taskset), $NJOBS runs side by side on $NCORES cores"
+    if [[ $PINNED == 1 ]]; then echo "cores: 2 per run (taskset), $NJOBS runs side by side on cores" \
+        "$FIRST-$((FIRST + 2 * NJOBS - 1)) of $NCORES"
     else echo "cores: unpinned, $THREADS threads per run ($NJOBS runs on $NCORES cores)"; fi
 } | tee "$OUT/env.txt"
 "$PY" "$KIT/shared/tools/make_dataset.py" "$DATA" > "$WORK/logs/make_dataset.log"
@@ -90,7 +92,7 @@ one() {  # one NAME SETTINGS SEED FIRST_CORE: one selection run, stopped at the 
 k=0
 for s in "${SEEDS[@]}"; do
     for c in "${CONFIGS[@]}"; do
-        one "${c%%:*}" "$([[ $c == *:* ]] && echo "${c#*:}" || true)" "$s" $((2 * k)) &
+        one "${c%%:*}" "$([[ $c == *:* ]] && echo "${c#*:}" || true)" "$s" $((FIRST + 2 * k)) &
         k=$((k + 1))
     done
 done

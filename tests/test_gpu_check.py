@@ -22,15 +22,15 @@ for img in sorted((out / "train" / "images").iterdir())[-6:]:
 """
 
 
-def run(tmp_path, demo_root, *seeds, **env):
-    """gpu_check.sh --dry-run with a kit holding the real scorer and the demo data laid out as above."""
+def run(tmp_path, demo_root, *seeds, script=SCRIPT, **env):
+    """`script` --dry-run OUT SEEDS with a kit holding the real scorer and the demo data laid out as above."""
     tools = tmp_path / "kit" / "shared" / "tools"
     tools.mkdir(parents=True)
     (tools / "make_dataset.py").write_text(LAYOUT.format(src=str(demo_root)))
     (tools / "score_submission.py").write_text(require_shared("tools", "score_submission.py").read_text())
     env = {**os.environ, "GPU_KIT": str(tmp_path / "kit"), **env}
     out = tmp_path / "out"
-    done = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(out), *seeds], capture_output=True, text=True,
+    done = subprocess.run(["bash", str(script), "--dry-run", str(out), *seeds], capture_output=True, text=True,
                           env=env, timeout=900)
     return done, out
 
@@ -55,3 +55,32 @@ def test_malformed_notebook_parameters_are_refused_before_any_work(tmp_path, dem
     done, out = run(tmp_path, demo_root, "0", NB_PARAMS="DEPTH")
     assert done.returncode != 0 and "NB_PARAMS='DEPTH' is not NAME VALUE pairs" in done.stderr
     assert not out.exists()
+
+
+def test_one_session_call_runs_the_record_and_the_selection_side_by_side_on_their_own_cores(tmp_path, demo_root):
+    """scripts/gpu_session.sh on a pretend 16-core machine: an `nproc` that says 16 and a `taskset` that logs the
+    cores each run asks for, then runs it unpinned."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nproc").write_text("#!/bin/sh\necho 16\n")
+    (fake / "taskset").write_text('#!/bin/sh\necho "$2 $*" >> "$TASKSET_LOG"\nshift 2\nexec "$@"\n')
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    log = tmp_path / "taskset.log"
+    done, out = run(tmp_path, demo_root, script=ROOT / "scripts" / "gpu_session.sh", CHECK_SEEDS="0 1",
+                    SELECT_SEEDS="0", TASKSET_LOG=str(log), PATH=f"{fake}:{os.environ['PATH']}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    rows = [line.split("\t")[:2] for line in (out / "check" / "summary.tsv").read_text().splitlines()[1:]]
+    assert sorted(rows) == [["notebook_final_fit", "0"], ["notebook_final_fit", "1"],
+                            ["notebook_validated_model", "0"], ["notebook_validated_model", "1"]]  # no plain loop
+    with tarfile.open(out / "select" / "results.tgz") as tar:
+        assert {"sel/gpu_d4_s0.json", "sel/gpu_d5_s0.json"} <= set(tar.getnames())
+    cores = {}
+    for line in log.read_text().splitlines():  # "CORES -c CORES python SCRIPT ...": which script asked for which
+        kind = "record" if "run_cells.py" in line else "selection" if "selection.py" in line else line
+        cores.setdefault(kind, set()).add(line.split()[0])
+    assert cores == {"record": {"0,1", "2,3"}, "selection": {"4,5", "6,7"}}  # two cores a run, none shared
+    assert "on cores 0-3 of 16" in (out / "check" / "env.txt").read_text()
+    assert "on cores 4-7 of 16" in (out / "select" / "env.txt").read_text()
+    assert sum(1 for f in out.rglob("*") if f.is_file()) <= 8  # what one device call brings back
+    assert done.stdout.index("== gpu_select.sh (exit 0)") < done.stdout.index("== gpu_check.sh (exit 0)")
