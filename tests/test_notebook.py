@@ -178,7 +178,8 @@ def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path
     assert again.returncode == 0, again.stderr[-3000:]
     said = outputs_text(tmp_path / "out.ipynb")
     assert "reanudado desde" in said and "sub_1.csv" in said  # resumed, and the first CSV was kept
-    assert re.search(rf"AMP \(tipo\) +{'torch.bfloat16' if bf16 else 'None'}", said)
+    amp_row = "bfloat16" if bf16 else "no (fp32)"  # the table's words, not torch's repr (None, torch.bfloat16)
+    assert re.search(r"AMP \(tipo\) +" + re.escape(amp_row) + "\n", said)
     assert summary_of(said)["modelo del CSV"] == "el validado (best.pt)"
     assert (tmp_path / "sub_1.csv").read_text() != (tmp_path / "sub.csv").read_text()  # the final model wrote sub.csv
     changed = run_notebook(tmp_path, "EPOCHS=2", "AUG_STRENGTH=0.5", "SUBMISSION_PATH=sub.csv", env={"HOME": str(home)})
