@@ -27,6 +27,7 @@ check_rc=0 select_rc=0
 PLAIN_LOOP=0 FIRST_CORE=0 GPU_CHECK_DEADLINE=$((START + ${STOP:-570})) \
     bash "$HERE/gpu_check.sh" "${DRY[@]}" "$OUT/check" "${CHECK[@]}" > "$LOGS/check.txt" 2>&1 &
 check_pid=$!
+# gpu_check.sh without the plain loop pins 2 cores per seed; the selection takes the cores after them
 SEEDS=${SELECT_SEEDS:-0 1} FIRST_CORE=$((2 * ${#CHECK[@]})) GPU_SELECT_DEADLINE=$((START + ${SELECT_STOP:-420})) \
     bash "$HERE/gpu_select.sh" "${DRY[@]}" "$OUT/select" > "$LOGS/select.txt" 2>&1 &
 select_pid=$!

@@ -336,7 +336,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
     grid: dict[str, list] = {}  # weights -> per seed, the PP_MIN x PP_HOLE matrix of mean Dice
     for seed in seeds:
         cfg = json.loads((out / f"{name}_s{seed}.json").read_text())["config"]
-        val_ds = split(data, cfg, seed)[1]
+        val_ds, amp = split(data, cfg, seed)[1], run_amp(cfg)
         truths = [U.read_mask(val_ds.items[i][1]).astype(bool) for i in range(len(val_ds))]
         for w in ("best", "last"):
             model = build_unet(cfg)
@@ -345,8 +345,8 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
             d: dict[str, list[float]] = {"tta": [], "cc10": [], "holes10": [], "cc10_holes10": [], "notta": []}
             sweep = np.zeros((len(val_ds), len(thresholds)))
             pp = np.zeros((len(val_ds), len(PP_MIN), len(PP_HOLE)))  # Dice of U.postprocess(mask, a, b)
-            for (i, prob), (_, plain) in zip(U.predict_probs(model, val_ds, DEVICE, tta=True, amp=run_amp(cfg)),
-                                             U.predict_probs(model, val_ds, DEVICE, tta=False, amp=run_amp(cfg))):
+            for (i, prob), (_, plain) in zip(U.predict_probs(model, val_ds, DEVICE, tta=True, amp=amp),
+                                             U.predict_probs(model, val_ds, DEVICE, tta=False, amp=amp)):
                 mask, t = prob > 0.5, truths[i]
                 sweep[i] = [U.dice_score(prob > th, t) for th in thresholds]
                 for j, a in enumerate(PP_MIN):  # U.postprocess(mask, a, b), the regions dropped once per a
