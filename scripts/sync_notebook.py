@@ -1,6 +1,6 @@
 """Copy utils.py into obligatorio.ipynb's helpers cell, so that the notebook runs alone on Colab or Kaggle.
 
-utils.py is the single source (tests/ and bench.py import it); the notebook carries a copy in its
+utils.py is the single source (tests/ and experiments/ import it); the notebook carries a copy in its
 folded cell tagged `helpers`, which writes that copy to a temporary folder and imports it from there.
 tests/test_notebook.py fails while the two differ. Usage, from the repository root:
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 from colab_env import colab_venv
-from conftest import NOTEBOOK, U, require_shared
 from fakes import kaggle_calls, make_fake_colab, make_fake_kaggle
+from support import NOTEBOOK, U, require_shared
 from test_notebook import outputs_text
 
 SECRET = "KGAT_colab-secret-token-not-real"

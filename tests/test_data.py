@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import U
 from PIL import Image
+from support import U
 
 
 def _save(path: Path, array: np.ndarray, mode: str | None = None) -> Path:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import U
+from support import U
 from test_training import OOMAbove, cfg
 from torch.utils.data import DataLoader, DistributedSampler
 

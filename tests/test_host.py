@@ -9,8 +9,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import U
 from fakes import kaggle_calls, make_fake_colab, make_fake_kaggle
+from support import U
 
 SECRET = "KGAT_0123456789abcdef-not-a-real-token"
 KAGGLE_VARS = ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "KAGGLE_KERNEL_RUN_TYPE",

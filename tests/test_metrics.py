@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import U
+from support import U
 
 
 def test_empty_empty_is_one():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NOTEBOOK, ROOT, U, notebook_cells
 from fakes import make_fake_colab
+from support import NOTEBOOK, ROOT, U, notebook_cells
 
 PARAMS = ["DATA_DIR", "RUN_DIR", "SUBMISSION_PATH", "IMG_SIZE", "BATCH_SIZE", "EPOCHS", "BASE_CHANNELS", "SEED",
           "DEVICES", "FINAL_FIT"]

@@ -5,8 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import U, require_shared
 from PIL import Image
+from support import U, require_shared
 
 COURSE_MASK = np.array([[0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 1]])
 

@@ -4,8 +4,8 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import U
 from PIL import Image
+from support import U
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import U
+from support import U
 from torch.utils.data import DataLoader
 
 CPU = torch.device("cpu")

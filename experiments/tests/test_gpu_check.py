@@ -1,12 +1,12 @@
-"""scripts/gpu_check.sh: the GPU defaults scored on the dev test inside one device call (plumbing, on the CPU)."""
+"""experiments/gpu_check.sh: the GPU defaults scored on the dev test inside one device call (plumbing, on the CPU)."""
 import os
 import re
 import subprocess
 import tarfile
 
-from conftest import ROOT, require_shared
+from support import ROOT, require_shared
 
-SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+SCRIPT = ROOT / "experiments" / "gpu_check.sh"
 
 # The kit's make_dataset.py: the demo data in the competition layout, its last 6 training pairs moved to the test
 # side with their answers in test_masks/ (as ../shared/tools/make_dataset.py does with the real photos).
@@ -55,32 +55,3 @@ def test_malformed_notebook_parameters_are_refused_before_any_work(tmp_path, dem
     done, out = run(tmp_path, demo_root, "0", NB_PARAMS="DEPTH")
     assert done.returncode != 0 and "NB_PARAMS='DEPTH' is not NAME VALUE pairs" in done.stderr
     assert not out.exists()
-
-
-def test_one_session_call_runs_the_record_and_the_selection_side_by_side_on_their_own_cores(tmp_path, demo_root):
-    """scripts/gpu_session.sh on a pretend 16-core machine: an `nproc` that says 16 and a `taskset` that logs the
-    cores each run asks for, then runs it unpinned."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "nproc").write_text("#!/bin/sh\necho 16\n")
-    (fake / "taskset").write_text('#!/bin/sh\necho "$2 $*" >> "$TASKSET_LOG"\nshift 2\nexec "$@"\n')
-    for f in fake.iterdir():
-        f.chmod(0o755)
-    log = tmp_path / "taskset.log"
-    done, out = run(tmp_path, demo_root, script=ROOT / "scripts" / "gpu_session.sh", CHECK_SEEDS="0 1",
-                    SELECT_SEEDS="0", TASKSET_LOG=str(log), PATH=f"{fake}:{os.environ['PATH']}")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    rows = [line.split("\t")[:2] for line in (out / "check" / "summary.tsv").read_text().splitlines()[1:]]
-    assert sorted(rows) == [["notebook_final_fit", "0"], ["notebook_final_fit", "1"],
-                            ["notebook_validated_model", "0"], ["notebook_validated_model", "1"]]  # no plain loop
-    with tarfile.open(out / "select" / "results.tgz") as tar:
-        assert {"sel/gpu_d4_s0.json", "sel/gpu_d5_s0.json"} <= set(tar.getnames())
-    cores = {}
-    for line in log.read_text().splitlines():  # "CORES -c CORES python SCRIPT ...": which script asked for which
-        kind = "record" if "run_cells.py" in line else "selection" if "selection.py" in line else line
-        cores.setdefault(kind, set()).add(line.split()[0])
-    assert cores == {"record": {"0,1", "2,3"}, "selection": {"4,5", "6,7"}}  # two cores a run, none shared
-    assert "on cores 0-3 of 16" in (out / "check" / "env.txt").read_text()
-    assert "on cores 4-7 of 16" in (out / "select" / "env.txt").read_text()
-    assert sum(1 for f in out.rglob("*") if f.is_file()) <= 8  # what one device call brings back
-    assert done.stdout.index("== gpu_select.sh (exit 0)") < done.stdout.index("== gpu_check.sh (exit 0)")

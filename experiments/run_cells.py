@@ -1,8 +1,8 @@
 """Run a notebook's code cells in order in one Python process, without Jupyter (papermill's -p, minus the kernel).
 
-    python scripts/run_cells.py obligatorio.ipynb [-p NAME VALUE ...]
+    python experiments/run_cells.py obligatorio.ipynb [-p NAME VALUE ...]
 
-For machines that have the notebook's libraries but no papermill / nbclient / IPython (the lent GPU image): the
+For machines that have the notebook's libraries but no papermill / nbclient / IPython (a bare GPU image): the
 values given with -p are set right after the cell tagged `parameters`, as papermill does (a VALUE that reads as a
 Python literal is one, anything else a string). `%%writefile PATH` cells are written to PATH (`{name}` expanded
 from the notebook's variables, as IPython does); any other cell magic or shell escape stops the run with its cell

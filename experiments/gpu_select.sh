@@ -1,23 +1,20 @@
 #!/usr/bin/env bash
-# Selection on validation at the GPU defaults (issue 10: on the dev photos the GPU defaults score below the CPU
-# config), prepared so that one 10-minute device call compares GPU settings over several seeds. Each
-# (configuration, seed) is one scripts/selection.py run: the notebook's stratified split of the TRAINING photos,
+# GPU settings compared on validation over several seeds, in one device call of at most 10 minutes. Each
+# (configuration, seed) is one experiments/selection.py run: the notebook's stratified split of the TRAINING photos,
 # training at 384 px / base 32 / 60 epochs (AMP on the GPU) plus the configuration's own settings, full-size
 # validation Dice. Test answers are never read. All runs go side by side on the one GPU, each pinned to 2 cores.
 #
-#   bash scripts/gpu_check.sh --prepare                          # here, once: the same .gpu/ kit
-#   bash scripts/gpu_select.sh OUT [NAME:KEY=VALUE,KEY=VALUE ...] # on the GPU machine (carry [".gpu"])
-#   bash scripts/gpu_select.sh --dry-run OUT [...]               # here, on the CPU: the same steps at toy size
+#   bash experiments/gpu_check.sh --prepare                          # here, once: the .gpu/ kit
+#   bash experiments/gpu_select.sh OUT [NAME:KEY=VALUE,KEY=VALUE ...] # on the GPU machine (carry [".gpu"])
+#   bash experiments/gpu_select.sh --dry-run OUT [...]               # here, on the CPU: the same steps at toy size
 #
-# Without configurations it compares the U-Net's depth: gpu_d4:DEPTH=4 (the notebook's four levels) against
-# gpu_d5:DEPTH=5 (a fifth level, selection.py's candidate: twice the receptive field; at 192 px on a CPU it gained
-# on validation, README "GPU selection"). The first question, the outline band (gpu_band2:EDGE_PX=2 against
-# gpu_band8:EDGE_PX=8), ran on 2026-12-04 and did not pay. SEEDS (default
-# "0 1 2") sets the seeds; the first configuration is the reference of the paired gains. Every run stops at
-# GPU_SELECT_DEADLINE (seconds since the epoch; default: start + 560); an unfinished run leaves no result.
+# Without configurations it compares the U-Net's depth at 384 px, gpu_d4:DEPTH=4 (the paper's four levels) against
+# gpu_d5:DEPTH=5 (twice the receptive field), the open question of docs/experiments.md. SEEDS (default "0 1 2") sets
+# the seeds; the first configuration is the reference of the paired gains. Every run stops at GPU_SELECT_DEADLINE
+# (seconds since the epoch; default: start + 560); an unfinished run leaves no result.
 # PAIR_WITH=NAME pairs every configuration with NAME's stored runs instead of the first configuration: their JSON
-# files, copied into the kit's ref/ folder by --prepare from this checkout's selection/ (gpu_* runs committed there
-# from an earlier call's results.tgz), must cover SEEDS; then all the call's runs go to candidates.
+# files, copied into the kit's ref/ folder by --prepare from experiments/results/ (gpu_* runs), must cover SEEDS;
+# then all the call's runs go to candidates.
 # Writes OUT/summary.txt (the table and the paired gains), OUT/results.tgz (the runs' JSON files, for
 # `selection.py --summary`), OUT/env.txt and OUT/logs.tgz.
 set -euo pipefail
@@ -25,7 +22,7 @@ source "$(dirname "$0")/gpu_common.sh"  # ROOT (the working folder), KIT, PY, re
 
 DRY=0
 if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; fi
-OUT=${1:?usage: bash scripts/gpu_select.sh [--dry-run] OUT [NAME:KEY=VALUE,KEY=VALUE ...]}
+OUT=${1:?usage: bash experiments/gpu_select.sh [--dry-run] OUT [NAME:KEY=VALUE,KEY=VALUE ...]}
 shift
 CONFIGS=("$@")
 [[ ${#CONFIGS[@]} -gt 0 ]] || CONFIGS=(gpu_d4:DEPTH=4 gpu_d5:DEPTH=5)
@@ -33,7 +30,7 @@ read -ra SEEDS <<< "${SEEDS:-0 1 2}"
 require_kit
 for c in "${CONFIGS[@]}"; do
     [[ $c =~ ^[A-Za-z0-9_.-]+(:[A-Z_]+=[^,]+(,[A-Z_]+=[^,]+)*)?$ ]] || {
-        echo "error: configuration '$c' is not NAME or NAME:KEY=VALUE,KEY=VALUE (keys: scripts/selection.py --help)" >&2
+        echo "error: configuration '$c' is not NAME or NAME:KEY=VALUE,KEY=VALUE (keys: experiments/selection.py --help)" >&2
         exit 1; }
 done
 if [[ -n ${PAIR_WITH:-} ]]; then
@@ -43,7 +40,7 @@ if [[ -n ${PAIR_WITH:-} ]]; then
     for s in "${SEEDS[@]}"; do
         [[ -f $KIT/ref/${PAIR_WITH}_s$s.json ]] || {
             echo "error: PAIR_WITH=$PAIR_WITH but $KIT/ref/${PAIR_WITH}_s$s.json is missing: run --prepare in a checkout" \
-                 "whose selection/ has ${PAIR_WITH}_s*.json for seeds ${SEEDS[*]}, or drop PAIR_WITH" >&2
+                 "whose experiments/results/ has ${PAIR_WITH}_s*.json for seeds ${SEEDS[*]}, or drop PAIR_WITH" >&2
             exit 1; }
     done
 fi
@@ -55,7 +52,7 @@ BASE=(-s IMG_SIZE=384 -s BASE_CHANNELS=32 -s EPOCHS=60)
 if [[ $DRY == 1 ]]; then BASE=(-s IMG_SIZE=64 -s BASE_CHANNELS=8 -s EPOCHS=1); fi
 NJOBS=$(( ${#CONFIGS[@]} * ${#SEEDS[@]} ))
 NCORES=$(nproc)
-FIRST=${FIRST_CORE:-0}  # run k on cores FIRST+2k and FIRST+2k+1 (scripts/gpu_session.sh gives gpu_check.sh the first)
+FIRST=${FIRST_CORE:-0}  # run k on cores FIRST+2k and FIRST+2k+1 (FIRST_CORE leaves the first cores to another job)
 PINNED=0
 if can_pin $((FIRST + 2 * NJOBS)); then PINNED=1; fi
 THREADS=2
@@ -80,7 +77,7 @@ one() {  # one NAME SETTINGS SEED FIRST_CORE: one selection run, stopped at the 
     IFS=, read -ra kv <<< "$settings"
     for x in "${kv[@]}"; do [[ -n $x ]] && sets+=(-s "$x"); done
     [[ $PINNED == 1 ]] && pin=(taskset -c "$4,$(($4 + 1))")
-    OMP_NUM_THREADS=$THREADS timeout "$left" "${pin[@]}" "$PY" scripts/selection.py "$DATA" "$name" --out "$WORK/sel" \
+    OMP_NUM_THREADS=$THREADS timeout "$left" "${pin[@]}" "$PY" experiments/selection.py "$DATA" "$name" --out "$WORK/sel" \
         "${BASE[@]}" "${sets[@]}" --one-seed "$seed" > "$WORK/logs/${name}_s$seed.log" 2>&1 || rc=$?
     case $rc in
         0) echo "$name seed $seed: done in $(( $(date +%s) - START )) s" ;;
@@ -112,11 +109,11 @@ fi
     sort "$WORK/status.txt"
     echo
     if compgen -G "$WORK/sel/*.json" > /dev/null; then
-        "$PY" scripts/selection.py --summary "$SUM" --ref "$REF"
+        "$PY" experiments/selection.py --summary "$SUM" --ref "$REF"
         for c in "${CANDIDATES[@]}"; do
             for v in best last; do
                 echo "== ${c%%:*}:$v vs $REF:$v"
-                "$PY" scripts/selection.py --summary "$SUM" --pair "${c%%:*}:$v" "$REF:$v" || true
+                "$PY" experiments/selection.py --summary "$SUM" --pair "${c%%:*}:$v" "$REF:$v" || true
             done
         done
     else

@@ -1,27 +1,23 @@
 #!/usr/bin/env bash
-# The GPU check of issue 10, prepared so that a lent GPU's minutes go to measuring: the notebook's GPU defaults on
-# the dev photos (final fit, then its validated model), beside the plain loop at the same size, width, epochs and
-# seed; test Dice by the competition's scorer, wall time, peak GPU memory. The cells run through
-# scripts/run_cells.py (the GPU image has no papermill), each run pinned to its own 2 CPU cores like Colab.
+# The GPU record, in one device call of at most 10 minutes: the notebook's GPU defaults on the dev photos (final
+# fit, then its validated model), beside the plain loop at the same size, width, epochs and seed; test Dice by the
+# competition's scorer, wall time, peak GPU memory. The cells run through experiments/run_cells.py (the GPU image
+# has no papermill), each run pinned to its own 2 CPU cores like Colab.
 #
-#   bash scripts/gpu_check.sh --prepare          # here, once: .gpu/ <- ../shared's photos and tools, torchinfo wheel
-#   bash scripts/gpu_check.sh OUT SEED [SEED...] # on the GPU machine (device tool: carry [".gpu"], OUT=$OUT)
-#   bash scripts/gpu_check.sh --dry-run OUT SEED [SEED...]  # here, on the CPU: the same steps at toy size
+#   bash experiments/gpu_check.sh --prepare          # here, once: .gpu/ <- ../shared's photos and tools, torchinfo
+#   bash experiments/gpu_check.sh OUT SEED [SEED...] # on the GPU machine (device tool: carry [".gpu"], OUT=$OUT)
+#   bash experiments/gpu_check.sh --dry-run OUT SEED [SEED...]  # here, on the CPU: the same steps at toy size
 #
-# The seeds run side by side, so that one 10-minute call measures several: seed k's notebook on cores F+4k and
-# F+4k+1, its plain loop on F+4k+2 and F+4k+3 (F: FIRST_CORE, default 0; with PLAIN_LOOP=0 the notebooks take
-# F+2k and F+2k+1; when the machine has too few cores, unpinned), all on the one GPU. A single run
-# uses a small share of a big GPU at the dev set's batch 4, but the runs do share it: the wall times are those
-# of runs sharing the GPU, an upper bound on a run alone. Every command stops at GPU_CHECK_DEADLINE (seconds
-# since the epoch; default: start + 540, inside one 10-minute call); an unfinished run's row says "timeout".
-# Writes OUT/summary.tsv (one row per run), OUT/env.txt, OUT/notebook_lines.txt and OUT/logs.tgz (every log):
-# four files, inside what the device tool brings back.
-# The notebooks train with AMP "fp16", the T4's dtype (on the H100 the notebook's own choice would be bf16), so that
+# The seeds run side by side: seed k's notebook on cores F+4k and F+4k+1, its plain loop on F+4k+2 and F+4k+3
+# (F: FIRST_CORE, default 0; with PLAIN_LOOP=0 the notebooks take F+2k and F+2k+1; when the machine has too few
+# cores, unpinned), all on the one GPU. The runs share the GPU: the wall times are an upper bound on a run alone.
+# Every command stops at GPU_CHECK_DEADLINE (seconds since the epoch; default: start + 540); an unfinished run's
+# row says "timeout". Writes OUT/summary.tsv (one row per run), OUT/env.txt, OUT/notebook_lines.txt and
+# OUT/logs.tgz (every log).
+# The notebooks train with AMP "fp16", the T4's dtype (on an H100 the notebook's own choice would be bf16), so that
 # the figures speak for the T4s users train on; NB_PARAMS="AMP True" gives the GPU's own choice back.
-# NB_PARAMS="NAME VALUE ..." adds notebook parameters to every notebook run (e.g. NB_PARAMS="DEPTH 5": a setting
-# chosen on validation in the same session, scripts/gpu_select.sh). PLAIN_LOOP=0 skips the plain loop, whose rows for
-# these seeds, size, width and epochs are already recorded (README "Dice on real photos (GPU defaults)"): the
-# notebooks then share the GPU only with each other, and the call ends sooner.
+# NB_PARAMS="NAME VALUE ..." adds notebook parameters to every notebook run (e.g. NB_PARAMS="DEPTH 5").
+# PLAIN_LOOP=0 skips the plain loop when its rows for these seeds, size, width and epochs are already recorded.
 set -euo pipefail
 source "$(dirname "$0")/gpu_common.sh"  # ROOT (the working folder), KIT, PY, require_kit, machine_lines, can_pin
 
@@ -34,19 +30,19 @@ if [[ ${1:-} == --prepare ]]; then
     cp -r "$shared/tools" "$KIT/shared/"
     cp -r "$shared/data/persons-vikram" "$KIT/shared/data/"
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$KIT/whl" "torchinfo>=1.8"
-    # Stored GPU selection runs (selection/gpu_*.json, committed from earlier calls): gpu_select.sh PAIR_WITH=NAME
-    # pairs new runs with them on the device, so its summary already holds the paired gains.
+    # Stored GPU selection runs (experiments/results/gpu_*.json): gpu_select.sh PAIR_WITH=NAME pairs new runs
+    # with them on the device, so its summary already holds the paired gains.
     mkdir -p "$KIT/ref"
-    cp "$ROOT"/selection/gpu_*_s*.json "$KIT/ref/" 2> /dev/null || true
+    cp "$ROOT"/experiments/results/gpu_*_s*.json "$KIT/ref/" 2> /dev/null || true
     echo "reference runs in $KIT/ref: $(ls "$KIT/ref" | sed 's/_s[0-9]*\.json$//' | sort | uniq -c | xargs || true)"
     du -sh "$KIT"
-    echo "ready: carry [\".gpu\"] and run: bash scripts/gpu_session.sh \$OUT (the next session's one call, README)"
+    echo "ready: carry [\".gpu\"] and run on the GPU machine: bash experiments/gpu_check.sh \$OUT 0 1"
     exit 0
 fi
 
 DRY=0
 if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; fi
-OUT=${1:?usage: bash scripts/gpu_check.sh OUT SEED [SEED...] | --dry-run OUT SEED [SEED...] | --prepare}
+OUT=${1:?usage: bash experiments/gpu_check.sh OUT SEED [SEED...] | --dry-run OUT SEED [SEED...] | --prepare}
 shift
 SEEDS=("$@")
 [[ ${#SEEDS[@]} -gt 0 ]] || SEEDS=(0)
@@ -65,7 +61,7 @@ DEADLINE=${GPU_CHECK_DEADLINE:-$((START + 540))}
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=$KIT/whl  # torchinfo from the carried wheel
 export TQDM_MININTERVAL=10 PYTHONUNBUFFERED=1  # progress bars: a line per 10 s in the logs
 NCORES=$(nproc)
-FIRST=${FIRST_CORE:-0}  # scripts/gpu_session.sh gives the cores after this call's to gpu_select.sh
+FIRST=${FIRST_CORE:-0}  # the first core this call pins (another job may take the ones before)
 STRIDE=$([[ $PLAIN_ON == 0 ]] && echo 2 || echo 4)  # cores per seed: the notebook's 2, and the plain loop's 2
 PINNED=0
 if can_pin $((FIRST + STRIDE * ${#SEEDS[@]})); then PINNED=1; fi
@@ -122,7 +118,7 @@ scored() {  # scored ROW SEED LOG CSV PEAK CMD...: CMD timed; its CSV's summary 
 notebook_chain() {  # notebook_chain SEED CORE: final fit, then the validated model from the same RUN_DIR
     local s=$1 pc nb
     read -ra pc <<< "$(cores "$2")"
-    nb=("${pc[@]}" "$PY" scripts/run_cells.py obligatorio.ipynb -p DATA_DIR "$DATA" "${SIZE[@]}" "${NB_P[@]}"
+    nb=("${pc[@]}" "$PY" experiments/run_cells.py obligatorio.ipynb -p DATA_DIR "$DATA" "${SIZE[@]}" "${NB_P[@]}"
         -p SEED "$s" -p RUN_DIR "$WORK/run$s")
     scored notebook_final_fit "$s" "nb_final_s$s" "$WORK/nb$s.csv" 1 \
         "${nb[@]}" -p SUBMISSION_PATH "$WORK/nb$s.csv" || return 0

@@ -1,7 +1,8 @@
 """Speed and memory benchmark: input pipeline, training step, inference + RLE + CSV.
 
-    python bench.py --data DIR [--size 384] [--base 32] [--batch 16] [--amp fp16] [--parts loader,train,memory,infer]
-    python bench.py --data DIR --size 128 --base 16 --batch 4 --steps 40 --parts train,compute   # the CPU config
+    python experiments/bench.py --data DIR [--size 384] [--base 32] [--batch 16] [--amp fp16]
+        [--parts loader,train,memory,infer]
+    python experiments/bench.py --data DIR --size 128 --base 16 --batch 4 --steps 40 --parts train,compute  # CPU config
 
 DIR is a competition-layout folder (the Kaggle download, or one made by
 ../shared/tools/make_dataset.py). Figures are printed as a table and written to --out.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +27,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-import utils as U
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from notebook_code import definitions  # noqa: E402
+
+import utils as U  # noqa: E402
 
 
 class DecodeEveryEpoch(Dataset):
@@ -160,10 +166,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/bench.json"))
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from tests.conftest import notebook_cells  # the notebook's own U-Net
-    ns: dict = {"torch": torch, "nn": torch.nn}
-    for src in notebook_cells("unet"):
-        exec(src, ns)
+    ns = definitions("unet")  # the notebook's own U-Net
 
     def unet() -> torch.nn.Module:
         """A fresh notebook U-Net of the benchmarked width and depth."""

@@ -1,4 +1,4 @@
-# Sourced by scripts/gpu_check.sh and scripts/gpu_select.sh: the repo root (made the working folder), the .gpu kit,
+# Sourced by experiments/gpu_check.sh and experiments/gpu_select.sh: the repo root (made the working folder), the .gpu kit,
 # the Python to run, and the helpers both GPU calls share.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -8,7 +8,7 @@ if [[ -x $ROOT/.venv/bin/python ]]; then PY=$ROOT/.venv/bin/python; fi
 
 require_kit() {  # stop, saying what to do, when the kit was not prepared here and carried
     [[ -d $KIT/shared/tools ]] || {
-        echo "error: $KIT is missing: run 'bash scripts/gpu_check.sh --prepare' here first, then carry .gpu" >&2
+        echo "error: $KIT is missing: run 'bash experiments/gpu_check.sh --prepare' here first, then carry .gpu" >&2
         exit 1; }
 }
 machine_lines() {  # the GPU and its driver; Python, torch, torchvision, whether CUDA is available

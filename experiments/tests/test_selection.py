@@ -1,18 +1,18 @@
-"""scripts/selection.py: seeds on validation splits of the training data, a summary with spreads."""
+"""experiments/selection.py: seeds on validation splits of the training data, a summary with spreads."""
 import json
 import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 
 def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(demo_root / "train", data / "train")  # no test folder at all: it must never be needed
     out = tmp_path / "sel"
-    cmd = [sys.executable, str(ROOT / "scripts" / "selection.py"), str(data), "tiny", "--seeds", "0", "1",
+    cmd = [sys.executable, str(ROOT / "experiments" / "selection.py"), str(data), "tiny", "--seeds", "0", "1",
            "--jobs", "2", "--ema", "0.9", "-s", "EPOCHS=1", "-s", "IMG_SIZE=64", "-s", "BASE_CHANNELS=8",
            "-s", "CONT_EPOCHS=1", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -87,7 +87,7 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
             assert abs(m[k(0.1)][0] - means[f"{w}:cc10"][seed]) < 1e-12
             assert abs(m[k(0.1)][h(0.1)] - means[f"{w}:cc10_holes10"][seed]) < 1e-12
     assert "| MIN_COMPONENT \\ MAX_HOLE | 0.0 | 0.05 | 0.1 | 0.2 | 0.3 |" in inf.stdout
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     import selection
 
     now = k(selection._NB["MIN_COMPONENT"]), h(selection._NB["MAX_HOLE"])  # the notebook's own thresholds
@@ -108,7 +108,7 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
 def test_checkpoint_averages_are_uniform_means_of_the_last_epochs():
     import torch
 
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     import selection
 
     assert selection.averaged(0) == [] and selection.averaged(1) == [1] and selection.averaged(4) == [3, 4]
@@ -123,19 +123,20 @@ def test_checkpoint_averages_are_uniform_means_of_the_last_epochs():
 
 
 def test_amp_setting_is_the_notebooks_default_or_bf16_and_nothing_else(demo_root, tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     import selection
 
     on_gpu = selection.DEVICE.type == "cuda"
     assert selection.run_amp(selection.DEFAULTS) is on_gpu and selection.run_amp({}) is on_gpu  # older results: no key
     assert selection.run_amp(dict(selection.DEFAULTS, AMP="bf16")) == "bf16"
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "selection.py"), str(demo_root), "x", "-s", "AMP=fp16",
-                          "--out", str(tmp_path)], capture_output=True, text=True)
+    script = ROOT / "experiments" / "selection.py"
+    bad = subprocess.run([sys.executable, str(script), str(demo_root), "x", "-s", "AMP=fp16", "--out", str(tmp_path)],
+                         capture_output=True, text=True)
     assert bad.returncode != 0 and "AMP takes one of auto, bf16, not 'fp16'" in bad.stderr
 
 
 def test_train_frac_shrinks_training_and_keeps_the_validation_images(demo_root):
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     import selection
 
     cfg = dict(selection.DEFAULTS, IMG_SIZE=32)
@@ -151,7 +152,7 @@ def test_architecture_candidates_change_only_what_they_claim():
     """RESIDUAL swaps the block (identity shortcut where channels match); DEEP_SUP adds heads seen only in training."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     import selection
 
     plain_cls = selection.notebook_unet({})
@@ -186,7 +187,7 @@ def test_affine_interp_nearest_warps_images_without_new_values():
     import torch
     from torchvision import tv_tensors
 
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     import selection
 
     torch.manual_seed(0)
@@ -204,6 +205,6 @@ def test_affine_interp_nearest_warps_images_without_new_values():
         new_values[interp] = set(out_img.unique().tolist()) - set(img.unique().tolist()) - {0}  # 0: fill
         assert set(out_mask.unique().tolist()) <= {0, 1}  # masks stay nearest either way
     assert new_values["bilinear"] and not new_values["nearest"]
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "selection.py"), str(ROOT), "x",
+    bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "selection.py"), str(ROOT), "x",
                           "-s", "AFFINE_INTERP=cubic"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "AFFINE_INTERP takes one of bilinear, nearest" in bad.stderr

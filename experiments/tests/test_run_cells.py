@@ -1,13 +1,13 @@
-"""scripts/run_cells.py: the notebook's cells without Jupyter (for the GPU image, which has no papermill)."""
+"""experiments/run_cells.py: the notebook's cells without Jupyter (for the GPU image, which has no papermill)."""
 import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
-spec = importlib.util.spec_from_file_location("run_cells", ROOT / "scripts" / "run_cells.py")
+spec = importlib.util.spec_from_file_location("run_cells", ROOT / "experiments" / "run_cells.py")
 run_cells = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run_cells)
 
@@ -50,7 +50,7 @@ def test_other_ipython_syntax_and_missing_parameters_cell_stop_with_the_cell_num
 def test_command_line_runs_a_notebook(tmp_path):
     nb = tmp_path / "nb.ipynb"
     notebook(nb, ("N = 1\n", ["parameters"]), ("print('N is', N * 2)\n", []))
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_cells.py"), str(nb), "-p", "N", "21"],
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_cells.py"), str(nb), "-p", "N", "21"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "N is 42" in done.stdout and "# parameters: N = 21" in done.stdout

@@ -1,4 +1,4 @@
-"""scripts/gpu_select.sh: GPU settings compared on validation, side by side, inside one device call (plumbing, CPU)."""
+"""experiments/gpu_select.sh: GPU settings compared on validation, side by side, in one device call (plumbing, CPU)."""
 import json
 import os
 import subprocess
@@ -6,9 +6,9 @@ import tarfile
 import time
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
-SCRIPT = ROOT / "scripts" / "gpu_select.sh"
+SCRIPT = ROOT / "experiments" / "gpu_select.sh"
 
 
 def kit(tmp_path, demo_root, ref: dict | None = None):

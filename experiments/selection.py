@@ -1,12 +1,12 @@
 """Honest selection: train a configuration on several seeded train/validation splits of the TRAINING data
 and score it on validation only (full-size Dice, as Kaggle computes it). Test answers are never read here.
 
-    python scripts/selection.py DATA NAME --seeds 0 1 2 3 --jobs 2 [-s KEY=VALUE ...] [--ema 0.99]
-    python scripts/selection.py --summary selection/            # mean ± sd per configuration and variant
-    python scripts/selection.py DATA --ensemble A B:last_raw --seeds 0 1  # A's best.pt, B's raw last weights, average
-    python scripts/selection.py --summary selection/ --pair A:last_raw B:best  # one variant against another
-    python scripts/selection.py DATA --inference NAME --seeds 0 1  # post-processing, threshold rule, TTA on NAME's runs
-    python scripts/selection.py DATA --by-coverage A:best B:best   # where A wins or loses, by the person's size
+    python experiments/selection.py DATA NAME --seeds 0 1 2 3 --jobs 2 [-s KEY=VALUE ...] [--ema 0.99]
+    python experiments/selection.py --summary experiments/results            # mean ± sd per configuration and variant
+    python experiments/selection.py DATA --ensemble A B:last_raw --seeds 0 1  # A's best.pt, B's raw last weights
+    python experiments/selection.py --summary experiments/results --pair A:last_raw B:best  # one variant vs another
+    python experiments/selection.py DATA --inference NAME --seeds 0 1  # post-processes, threshold, TTA
+    python experiments/selection.py DATA --by-coverage A:best B:best   # where A wins or loses, by the person's size
 
 Each seed changes the split (stratified by person coverage, as in the notebook), the initialisation and the
 augmentation draws. Every run evaluates several inference variants on the same trained weights (paired):
@@ -42,16 +42,13 @@ import torch
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from notebook_code import cells as notebook_cells  # noqa: E402
+from notebook_code import definitions  # noqa: E402
+
 import utils as U  # noqa: E402
 
 U.PROGRESS_BARS = False  # one line per epoch
-
-
-def notebook_cells(tag: str) -> list[str]:
-    """Source of the notebook's cells tagged `tag`, in order."""
-    cells = json.loads((ROOT / "obligatorio.ipynb").read_text())["cells"]
-    return ["".join(c["source"]) for c in cells if tag in c["metadata"].get("tags", [])]
 
 
 def notebook_parameters() -> dict:
@@ -88,9 +85,7 @@ def notebook_unet(cfg: dict | None = None) -> type:
     (see run_one). Neither is in the notebook: they are candidates measured here first. DEPTH is the notebook's
     own `depth` argument (build_unet passes it).
     """
-    ns: dict = {"torch": torch, "nn": torch.nn}
-    for source in notebook_cells("unet"):
-        exec(source, ns)
+    ns = definitions("unet")
     cfg = cfg or {}
     if cfg.get("RESIDUAL"):
         ns["DoubleConv"] = ResidualDoubleConv  # Down, Up and UNet look the name up when they are built
@@ -389,7 +384,7 @@ def inference(data: Path, name: str, seeds: list[int], out: Path) -> None:
             print(f"| {a} | " + " | ".join(f"{x:+.4f}" for x in row) + " |")
         if _NB["MIN_COMPONENT"] not in PP_MIN or _NB["MAX_HOLE"] not in PP_HOLE:
             print(f"the notebook's ({_NB['MIN_COMPONENT']}, {_NB['MAX_HOLE']}) is not on the grid: add it to "
-                  "PP_MIN / PP_HOLE in scripts/selection.py for paired gains over it")
+                  "PP_MIN / PP_HOLE in experiments/selection.py for paired gains over it")
             continue
         now = PP_MIN.index(_NB["MIN_COMPONENT"]), PP_HOLE.index(_NB["MAX_HOLE"])
         g = m - m[:, now[0], now[1]][:, None, None]  # paired gains over the notebook's thresholds
@@ -517,7 +512,7 @@ def main() -> None:
     ap.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"change a setting: {', '.join(DEFAULTS)}")
     ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off)")
-    ap.add_argument("--out", type=Path, default=ROOT / "selection")
+    ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     ap.add_argument("--summary", type=Path, help="print the table of the results in this folder and stop")
     ap.add_argument("--ref", help="a configuration to compare the others against, paired by seed")
     ap.add_argument("--pair", nargs=2, metavar=("A:VARIANT", "B:VARIANT"),
