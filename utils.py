@@ -1,7 +1,8 @@
-"""Helpers for obligatorio.ipynb: data, metrics, training, inference, submission and plots.
+"""Helpers of obligatorio.ipynb; its cell 1.1 is generated from this file: edit utils.py, run scripts/sync_notebook.py.
 
-The U-Net itself lives in the notebook, where graders read it. Everything here is plain
-PyTorch / NumPy / Pillow so the notebook can stay a short story.
+In the notebook's story order: data, metrics and loss, model cost and batch size, training, inference,
+submission, plots, and last the host (packages, where the data is, Kaggle, demo data). The U-Net lives in the
+notebook, where graders read it. Everything here is plain PyTorch / NumPy / Pillow.
 """
 from __future__ import annotations
 
@@ -44,16 +45,12 @@ with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns; bars are 
     warnings.filterwarnings("ignore", message="IProgress not found")
     from tqdm.auto import tqdm as _tqdm
 
-COMPETITION = "tdl-obligatorio-2025"
-COMPETITION_URL = f"https://www.kaggle.com/competitions/{COMPETITION}"
-KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts attached data, at some depth
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-JUNK_NAMES = {"thumbs.db", "desktop.ini"}
-PROGRESS_BARS = True  # the data-parallel training processes switch their bars off (one line per epoch instead)
 
 # --------------------------------------------------------------------------------------------
 # Progress bars
 # --------------------------------------------------------------------------------------------
+
+PROGRESS_BARS = True  # the data-parallel training processes switch their bars off (one line per epoch instead)
 
 
 def kernel_without_widgets() -> bool:
@@ -78,6 +75,9 @@ def tqdm(*args, **kwargs):
 # --------------------------------------------------------------------------------------------
 # Data: files, decoding, pairing
 # --------------------------------------------------------------------------------------------
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+JUNK_NAMES = {"thumbs.db", "desktop.ini"}
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -171,8 +171,1167 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Host: missing packages, locating the competition folder, Kaggle download, demo dataset
+# Data: cached dataset, augmentation, normalisation, split
 # --------------------------------------------------------------------------------------------
+
+def _load_item(args: tuple[Path, Path | None, int]) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    """Decode one (image, mask) pair, check their sizes agree and resize both."""
+    img_path, mask_path, size = args
+    img = read_image(img_path)
+    mask = None
+    if mask_path is not None:
+        mask = read_mask(mask_path)
+        if mask.shape != img.shape[:2]:
+            raise ValueError(f"{img_path} is {img.shape[1]}x{img.shape[0]} but its mask {mask_path} is "
+                             f"{mask.shape[1]}x{mask.shape[0]}; they must have the same size.")
+        mask = resize_mask(mask, size)
+    return resize_image(img, size), mask, img.shape[:2]
+
+
+class CachedSegDataset(Dataset):
+    """Images (and masks) decoded and resized once, kept in RAM as uint8 tensors.
+
+    `items` are (image_path, mask_path_or_None). __getitem__ returns the cached (uint8 image
+    3xSxS, uint8 {0,1} mask 1xSxS); test items have an all-zero mask. Batches stay uint8 until
+    they reach the device (4x less copying), where `to_input` normalises them; augmentation
+    also happens there (see Subset).
+    """
+
+    def __init__(self, items: Sequence[tuple[Path, Path | None]], size: int,
+                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
+                 workers: int = 2, progress: bool = True):
+        self.items, self.size = list(items), size
+        self.set_stats(mean, std)
+        n = len(self.items)
+        self.images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+        self.masks = torch.zeros((n, 1, size, size), dtype=torch.uint8)
+        self.orig_sizes: list[tuple[int, int]] = []
+        jobs = [(Path(i), Path(m) if m else None, size) for i, m in self.items]
+        results = _parallel_map(_load_item, jobs, workers)
+        for k, (img, mask, hw) in enumerate(tqdm(results, total=n, desc=f"cache de {n} imágenes a {size} px",
+                                                disable=not progress)):
+            self.images[k] = torch.from_numpy(img).permute(2, 0, 1)
+            if mask is not None:
+                self.masks[k, 0] = torch.from_numpy(mask)
+            self.orig_sizes.append(hw)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[k], self.masks[k]
+
+    def sample(self, k: int, transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item k after `transform` (for pictures): (3xSxS uint8 image, 1xSxS uint8 {0,1} mask)."""
+        img, mask = tv_tensors.Image(self.images[k]), tv_tensors.Mask(self.masks[k])
+        if transform is not None:
+            img, mask = transform(img, mask)
+        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+    def set_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Use these per-channel mean/std (0-1 scale) in `normalize`."""
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 image(s) (..., 3, H, W) on any device -> float, scaled to 0-1, minus mean, over std."""
+        return (x.float() / 255 - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def to_input(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch on the device -> (normalised float images, float {0,1} masks)."""
+        return self.normalize(x), y.float()
+
+
+def _parallel_map(fn: Callable, jobs: list, workers: int) -> Iterable:
+    """map() over a process pool when workers > 1, in order; plain map otherwise."""
+    if workers <= 1 or len(jobs) < 8:
+        return map(fn, jobs)
+    from concurrent.futures import ProcessPoolExecutor
+    pool = ProcessPoolExecutor(workers)
+    results = pool.map(fn, jobs, chunksize=4)
+
+    def gen():
+        try:
+            yield from results
+        finally:
+            pool.shutdown()
+    return gen()
+
+
+def train_transform(strength: float = 1.0,
+                    interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR) -> v2.Compose:
+    """Joint augmentation of one image + mask: flip, scale/rotate/shift, brightness/contrast/saturation, grayscale."""
+    return v2.Compose([
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomApply([v2.RandomAffine(degrees=15 * strength, translate=(0.1 * strength, 0.1 * strength),
+                                        scale=(1 - 0.25 * strength, 1 + 0.25 * strength),
+                                        interpolation=interpolation)], p=0.7),  # of images; masks: nearest
+        # no hue jitter: at 384 px it costs 6.5 of the 9 ms per image and barely changes colours
+        v2.RandomApply([v2.ColorJitter(0.3 * strength, 0.3 * strength, 0.3 * strength)], p=0.8),
+        v2.RandomGrayscale(p=0.1),
+    ])
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, transform: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the joint v2 `transform` to each (image, mask) of a batch, one random draw each, on their device."""
+    pairs = [transform(tv_tensors.Image(img), tv_tensors.Mask(mask)) for img, mask in zip(x, y)]
+    return (torch.stack([img.as_subclass(torch.Tensor) for img, _ in pairs]),
+            torch.stack([mask.as_subclass(torch.Tensor) for _, mask in pairs]))
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 128,
+                  index: Sequence[int] | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-1 scale) of an N x 3 x H x W uint8 tensor (or its items `index`), in chunks."""
+    index = list(range(len(images))) if index is None else list(index)
+    total, total_sq = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for lo in range(0, len(index), chunk):
+        x = images[index[lo:lo + chunk]].to(torch.float64).div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += x.square().sum(dim=(0, 2, 3))
+    n = len(index) * images[0].numel() / 3
+    mean = total / n
+    std = (total_sq / n - mean.square()).clamp(min=0).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def per_image_mean(t: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """Mean of each item of an N x ... uint8 tensor (e.g. person coverage of masks), in chunks."""
+    return torch.cat([c.flatten(1).float().mean(1) for c in t.split(chunk)])
+
+
+def coverage_bins(coverages: Sequence[float], n_bins: int = 4) -> np.ndarray:
+    """Quantile bin index of each image's person coverage, used to stratify the split."""
+    c = np.asarray(coverages, dtype=float)
+    edges = np.quantile(c, np.linspace(0, 1, n_bins + 1)[1:-1])
+    return np.searchsorted(edges, c, side="right")
+
+
+def stratified_split(strata: Sequence[int], val_frac: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of indices into (train, val) with the same share of each stratum in both."""
+    rng = random.Random(seed)
+    train, val = [], []
+    for s in sorted(set(strata)):
+        idx = [i for i, v in enumerate(strata) if v == s]
+        rng.shuffle(idx)
+        k = round(len(idx) * val_frac)
+        val += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(val)
+
+
+class Subset(Dataset):
+    """A view of some indices of a CachedSegDataset, with the augmentation `transform` (train only).
+
+    Items leave the DataLoader exactly as cached (uint8, no per-item work on the CPU cores);
+    `to_input` runs on the device: per-sample joint augmentation, then normalisation.
+    """
+
+    def __init__(self, base: CachedSegDataset, indices: Sequence[int], transform: Callable | None = None):
+        self.base, self.indices, self.transform = base, list(indices), transform
+        self.items = [base.items[i] for i in self.indices]
+        self.orig_sizes = [base.orig_sizes[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base[self.indices[k]]
+
+    def sample(self, k: int, transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item k of the subset after `transform`, as CachedSegDataset.sample."""
+        return self.base.sample(self.indices[k], transform)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The base dataset's normalisation."""
+        return self.base.normalize(x)
+
+    def to_input(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch on the device -> (normalised float images, float masks), augmented if `transform`."""
+        if self.transform is not None:
+            x, y = augment(x, y, self.transform)
+        return self.base.to_input(x, y)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and loss
+# --------------------------------------------------------------------------------------------
+
+def dice_score(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:
+    """Competition Dice of one binary mask pair: 2|A∩B|/(|A|+|B|), 1.0 when both are empty."""
+    p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and truth {t.shape} must have the same shape")
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+
+
+def dice_per_image(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Competition Dice of each image in a batch of binary masks (N x ...), 1 for empty/empty."""
+    p, t = pred.flatten(1).bool(), truth.flatten(1).bool()
+    inter = (p & t).sum(1).double()
+    denom = (p.sum(1) + t.sum(1)).double()
+    return torch.where(denom == 0, torch.ones_like(denom), 2 * inter / denom.clamp(min=1))
+
+
+def mean_dice(preds: Iterable, truths: Iterable) -> float:
+    """Mean per-image competition Dice over paired masks (the leaderboard score)."""
+    scores = [dice_score(p, t) for p, t in zip(preds, truths, strict=True)]
+    return float(np.mean(scores))
+
+
+def edge_band(mask: torch.Tensor, px: int = 1) -> torch.Tensor:
+    """1 on pixels within px of a 0/1 mask's outline (inside or outside), else 0; mask is N x 1 x H x W.
+
+    Dilation minus erosion (max-pooling); the image border is not an outline."""
+    k = 2 * px + 1
+    return F.max_pool2d(mask, k, stride=1, padding=px) + F.max_pool2d(-mask, k, stride=1, padding=px)
+
+
+class DiceBCELoss(nn.Module):
+    """bce_weight * BCE + dice_weight * (1 - soft Dice per image), in fp32.
+
+    edge_weight > 0: BCE pixels within edge_px of the person's outline (edge_band) weigh 1 + edge_weight, and the
+    BCE is divided by the mean weight, so it keeps its scale (the paper's weighted loss, without instances)."""
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
+                 edge_weight: float = 0.0, edge_px: int = 1):
+        super().__init__()
+        self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
+        self.edge_weight, self.edge_px = edge_weight, edge_px
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        loss = logits.new_zeros(())
+        if self.bce_weight:
+            if self.edge_weight:
+                w = 1 + self.edge_weight * edge_band(target, self.edge_px)
+                bce = F.binary_cross_entropy_with_logits(logits, target, weight=w, reduction="sum") / w.sum()
+            else:
+                bce = F.binary_cross_entropy_with_logits(logits, target)
+            loss = loss + self.bce_weight * bce
+        if self.dice_weight:
+            p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
+            soft_dice = (2 * (p * t).sum(1) + self.smooth) / (p.sum(1) + t.sum(1) + self.smooth)
+            loss = loss + self.dice_weight * (1 - soft_dice.mean())
+        return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Model cost and batch size
+# --------------------------------------------------------------------------------------------
+
+def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple[int, float]:
+    """(activation bytes, forward GFLOPs) of one size x size image, from the leaf modules' outputs.
+
+    The activations are what backward keeps (in-place ReLUs share storage and are not counted);
+    FLOPs count the multiply-adds of convolutions as 2 operations. Runs on the meta device
+    (shapes only: no memory, instant), so it works for any size on a CPU.
+    """
+    total, flops = 0, 0
+
+    def hook(mod: nn.Module, _inp, out: torch.Tensor) -> None:
+        nonlocal total, flops
+        if not (isinstance(mod, nn.ReLU) and mod.inplace):
+            total += out.numel() * bytes_per_value
+        if isinstance(mod, nn.Conv2d):
+            flops += 2 * out.numel() * mod.in_channels // mod.groups * math.prod(mod.kernel_size)
+        elif isinstance(mod, nn.ConvTranspose2d):
+            flops += 2 * _inp[0].numel() * mod.out_channels * math.prod(mod.kernel_size)
+
+    meta = copy.deepcopy(model).to("meta")
+    handles = [m.register_forward_hook(hook) for m in meta.modules() if not list(m.children())]
+    with torch.no_grad():
+        meta(torch.empty(1, 3, size, size, device="meta"))
+    for h in handles:
+        h.remove()
+    return total, flops / 1e9
+
+
+def peak_step_memory(model: nn.Module, img_size: int, batch: int, device: torch.device,
+                     dtype: torch.dtype | None) -> int:
+    """Peak CUDA bytes of two real training steps (random data, AdamW, channels_last) at this size and batch."""
+    model.to(device, memory_format=torch.channels_last).train()
+    opt, loss_fn = torch.optim.AdamW(model.parameters(), lr=1e-9), DiceBCELoss()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        x = torch.randn(batch, 3, img_size, img_size, device=device).to(memory_format=torch.channels_last)
+        y = (torch.rand(batch, 1, img_size, img_size, device=device) > 0.5).float()
+        for _ in range(2):
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return torch.cuda.max_memory_allocated(device)
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: bool | str = True,
+                    max_batch: int = 64, memory_fraction: float = 0.8) -> int:
+    """Largest power-of-two batch whose real training step fits in memory_fraction of the GPU.
+
+    Probes forward + backward + optimizer step at decreasing sizes; each OOM halves the batch.
+    The fraction leaves room for fragmentation, the validation pass and other processes.
+    """
+    if device.type != "cuda":
+        raise ValueError("find_batch_size probes GPU memory; on CPU pick a batch size by hand")
+    saved = copy.deepcopy(model.state_dict())  # the probe's steps must not change the model
+    total = torch.cuda.get_device_properties(device).total_memory
+    dtype = amp_dtype(device, amp)
+    batch = max_batch
+    while batch >= 1:
+        try:
+            peak = peak_step_memory(model, img_size, batch, device, dtype)
+            if peak <= memory_fraction * total:
+                print(f"batch {batch}: pico {peak / 2**30:.2f} GiB de {total / 2**30:.1f} GiB -> se usa")
+                model.load_state_dict(saved)
+                return batch
+            print(f"batch {batch}: pico {peak / 2**30:.2f} GiB > {memory_fraction:.0%} de la GPU, a la mitad")
+        except torch.OutOfMemoryError:
+            print(f"batch {batch}: sin memoria, a la mitad")
+        batch //= 2
+    raise RuntimeError(f"even batch 1 does not fit at {img_size}px; lower IMG_SIZE or BASE_CHANNELS")
+
+
+MIN_STEPS_PER_EPOCH = 48  # the dev photos' 196 training images at batch 4: the batch chosen on validation
+
+
+def batch_for_data(n_train: int, cap: int, min_steps: int = MIN_STEPS_PER_EPOCH, floor: int = 4) -> int:
+    """Largest power-of-two batch <= cap that still makes min_steps updates per epoch (never below floor or cap)."""
+    batch = 1
+    while batch * 2 <= cap and (n_train // (batch * 2) >= min_steps or batch * 2 <= floor):
+        batch *= 2
+    return batch
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) for repeatable runs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the AMP values that force a dtype
+CPUINFO = Path("/proc/cpuinfo")  # where Linux lists the CPU's instruction sets
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU has bf16 instructions (avx512_bf16 or AMX in /proc/cpuinfo) and oneDNN may use them."""
+    try:
+        flags = set(CPUINFO.read_text().split())
+    except OSError:  # not Linux: unknown, so no
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def amp_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype | None:
+    """Autocast dtype: None for amp False; GPU: True is bf16 on Ampere+, fp16 on older (T4); CPU: bf16 if "bf16"."""
+    if not (isinstance(amp, bool) or amp in tuple(AMP_DTYPES)):
+        raise ValueError(f"AMP={amp!r}: use True (the GPU's best dtype), False (fp32), \"fp16\" (the T4's dtype, "
+                         f"on any GPU) or \"bf16\" (Ampere and newer; on a CPU, opt-in); set it in the notebook's "
+                         f"parameters cell")
+    if device.type != "cuda":  # the CPU trains in fp32 unless asked for bf16 (its speed depends on the CPU)
+        if amp == "bf16" and not cpu_has_bf16():
+            raise ValueError("AMP=\"bf16\": this CPU has no bf16 instructions (avx512_bf16 or AMX), so bf16 would be "
+                             "emulated, 15x slower than fp32 on an AVX2 CPU: use AMP=True (fp32 on a CPU) in the "
+                             "notebook's parameters cell")
+        return torch.bfloat16 if amp == "bf16" else None
+    if amp is False:
+        return None
+    ampere = torch.cuda.get_device_capability(device)[0] >= 8
+    if amp == "bf16" and not ampere:
+        raise ValueError(f"AMP=\"bf16\": {torch.cuda.get_device_name(device)} has no bf16 tensor cores; use AMP=True "
+                         f"(fp16 there) in the notebook's parameters cell")
+    return AMP_DTYPES[amp] if isinstance(amp, str) else torch.bfloat16 if ampere else torch.float16
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved in every checkpoint."""
+
+    epochs: int = 40
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    edge_weight: float = 0.0  # BCE weight of outline pixels is 1 + this (DiceBCELoss)
+    edge_px: int = 1  # the outline band: pixels within this distance of the mask's border, both sides
+    amp: bool | str = True  # False, True (bf16 on Ampere+, fp16 on a T4) or "fp16"/"bf16": amp_dtype
+    patience: int = 0  # early stopping: epochs without val Dice gain (0: off)
+    time_budget_min: float = 0.0  # stop after the epoch that crosses it (0: no limit)
+    model: dict = field(default_factory=dict)  # architecture + data settings a checkpoint must match
+    data: dict = field(default_factory=dict)  # how batches are made (batch, augmentation, split); a resume must match
+
+
+RESUMABLE = ("amp", "patience", "time_budget_min")  # the only TrainConfig fields a resumed run may change
+
+
+def config_diff(saved: dict, now: dict) -> dict:
+    """{key: (saved value, current value)} for every key whose values differ."""
+    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+
+
+def config_tag(cfg: TrainConfig) -> str:
+    """8 hex digits naming everything that defines a run (RESUMABLE fields aside): one RUN_DIR per recipe."""
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at total_steps."""
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary file then rename, so a crash never leaves a half-written file."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, model_config: dict | None = None) -> dict:
+    """Load a checkpoint safely (weights_only) and check it was made with the same model config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint there; train first or fix the path")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = state.get("config", {}).get("model", {})
+    if model_config is not None and saved != model_config:
+        raise ValueError(f"{path} was trained with another configuration (checkpoint vs now: "
+                         f"{config_diff(saved, model_config)}). "
+                         f"Use the same settings, or a new RUN_DIR to train from scratch.")
+    return state
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, chunks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Split a batch into `chunks` micro-batches (gradient accumulation after an OOM)."""
+    return list(zip(x.chunk(chunks), y.chunk(chunks)))
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                    cfg: TrainConfig, device: torch.device, state: dict, epoch: int) -> tuple[float, float]:
+    """One pass over the training data; returns (mean loss, mean Dice at 0.5) of its batches.
+
+    `model` may be wrapped in DistributedDataParallel: then gradients are averaged across processes
+    once per step (micro-batches other than the last skip the exchange), a NaN loss on any process
+    stops all of them at the same step, and an OOM is raised for train_distributed to handle.
+    """
+    model.train()
+    ddp = isinstance(model, DistributedDataParallel)
+    dtype = amp_dtype(device, cfg.amp)
+    losses, dices = [], []
+    bar = tqdm(loader, desc=f"época {epoch + 1}/{cfg.epochs}, entrenamiento", leave=False)
+    for step, (x, y) in enumerate(bar):
+        x, y = _to_device(x, y, loader, device)
+        while True:
+            try:
+                opt.zero_grad(set_to_none=True)
+                loss_sum, logits, bad = 0.0, [], None
+                parts = _batches(x, y, state["chunks"])
+                for k, (xc, yc) in enumerate(parts):
+                    sync = not ddp or k == len(parts) - 1
+                    with contextlib.nullcontext() if sync else model.no_sync():
+                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                            out = model(xc)
+                        loss = loss_fn(out, yc) * len(xc) / len(x)
+                        if not torch.isfinite(loss):
+                            bad = f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}"
+                            if not ddp:  # under DDP every process must reach the same collectives first
+                                raise TrainingDiverged(bad)
+                        scaler.scale(loss).backward()
+                    loss_sum += loss.item()
+                    logits.append(out.detach())
+                if ddp and _any_rank(bad is not None, device):
+                    raise TrainingDiverged(bad or f"loss is not finite on another process at epoch {epoch + 1}, "
+                                                  f"step {step + 1}")
+                break
+            except torch.OutOfMemoryError:
+                if ddp or state["chunks"] >= len(x):
+                    raise
+                state["chunks"] *= 2
+                opt.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                print(f"CUDA sin memoria: micro-batch reducido a {math.ceil(len(x) / state['chunks'])} (gradientes "
+                      f"acumulados en {state['chunks']} partes, el batch efectivo no cambia)")
+        scaler.unscale_(opt)
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        losses.append(loss_sum)
+        dices.append(dice_per_image(torch.cat(logits) > 0, y > 0.5).mean().item())
+        bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+    return float(np.mean(losses)), float(np.mean(dices))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
+             amp: bool | str = True) -> tuple[float, float]:
+    """(mean loss, mean per-image Dice at threshold 0.5) at training resolution."""
+    model.eval()
+    dtype = amp_dtype(device, amp)
+    losses, dices = [], []
+    for x, y in loader:
+        x, y = _to_device(x, y, loader, device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(x)
+        losses.append(loss_fn(out, y).item() * len(x))
+        dices.append(dice_per_image(out > 0, y > 0.5))
+    n = sum(len(d) for d in dices)
+    return float(sum(losses) / n), float(torch.cat(dices).mean())
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every process when `flag` is true on at least one (a collective: all must call it)."""
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, loader: DataLoader,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a uint8 batch to the device and make it model input there (the loader's dataset knows how)."""
+    x, y = loader.dataset.to_input(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+    return x.contiguous(memory_format=_memory_format(device)), y
+
+
+def _memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (tensor cores). Not on the CPU: 1.09x faster there, but the sums then depend on how a
+    batch is split (batch 4 vs 2 + 2: weights 0.01 apart after 15 Adam steps, 1e-5 in NCHW), see docs/experiments.md."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, cfg: TrainConfig,
+          run_dir: str | Path, device: torch.device, resume: bool = True,
+          log: Callable[[dict], None] | None = None, chunks: int = 1, loss_fn: nn.Module | None = None,
+          on_checkpoint: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
+    """Train with AdamW + warm-up/cosine LR, AMP, clipping, early stopping and checkpoints.
+
+    The loaders' datasets (CachedSegDataset / Subset) yield uint8 batches and normalise them on
+    the device. Writes run_dir/last.pt after every epoch and run_dir/best.pt when validation Dice improves.
+    With resume=True and a last.pt present, continues from the epoch after it. Returns the
+    history: train/val loss and Dice and the LR, one value per epoch. With val_loader=None (the final fit on
+    every labelled image) nothing is validated: the val figures are NaN, no best.pt is written, and the model
+    ends with the last epoch's weights. `chunks` > 1 starts with micro-batches (gradient accumulation).
+    `loss_fn` trains and validates (default: DiceBCELoss with cfg's weights); `on_checkpoint` is called with each
+    epoch's checkpoint dict after last.pt is written (experiments keep weights that way). Under torch.distributed
+    (see train_distributed) each process runs this loop on its shard of the data; rank 0 alone validates, prints
+    and writes, and its stop decisions reach every process.
+    """
+    if val_loader is None and cfg.patience:
+        raise ValueError(f"patience={cfg.patience} needs validation data: with val_loader=None use patience=0")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    model.to(device, memory_format=_memory_format(device))
+    loss_fn = loss_fn or DiceBCELoss(cfg.bce_weight, cfg.dice_weight, edge_weight=cfg.edge_weight,
+                                     edge_px=cfg.edge_px)  # also validates
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * len(train_loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, warmup_cosine(steps, max(1, int(cfg.warmup_epochs * len(train_loader)))))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, cfg.amp) == torch.float16)
+    history: dict[str, list[float]] = {k: [] for k in ("train_loss", "val_loss", "train_dice", "val_dice", "lr")}
+    start, best, stale, state = 0, -1.0, 0, {"chunks": chunks}
+    last = run_dir / "last.pt"
+    if resume and last.exists():
+        ck = load_checkpoint(last, cfg.model)
+        diff = {k: v for k, v in config_diff(ck["config"], asdict(cfg)).items() if k not in RESUMABLE}
+        if diff:  # the optimizer and LR schedule come back from the checkpoint: a new setting would be ignored
+            raise ValueError(f"{last} was made with other training settings (checkpoint vs now: {diff}); resuming "
+                             f"would continue the old recipe. Use the same settings, or a new RUN_DIR.")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        start, best, stale, history = ck["epoch"] + 1, ck["best_dice"], ck["stale"], ck["history"]
+        if rank == 0:
+            print(f"reanudado desde {last}: {start} épocas hechas"
+                  + ("" if val_loader is None else f", mejor Dice de validación {best:.4f}"))
+    net = model
+    if distributed:  # after loading: DDP starts by copying rank 0's weights to every process
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    t0 = time.time()
+    for epoch in range(start, cfg.epochs):
+        sampler = getattr(train_loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)  # a new shuffle, and a new shard per process, every epoch
+        try:
+            tr_loss, tr_dice = train_one_epoch(net, train_loader, loss_fn, opt, sched, scaler, cfg, device, state,
+                                               epoch)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}. Training stopped; the last good checkpoint is {last} (exists: "
+                                   f"{last.exists()}). Set AMP=False and resume, or lower LR and train anew in "
+                                   f"another RUN_DIR (a resumed run keeps its LR schedule).") from None
+        if distributed:  # the epoch's training figures averaged over the processes' shards
+            t = torch.tensor([tr_loss, tr_dice], device=device)
+            dist.all_reduce(t)
+            tr_loss, tr_dice = (t / dist.get_world_size()).tolist()
+        if rank != 0:  # rank 0 validates and writes; the others wait for its stop decision
+            if _any_rank(False, device):
+                break
+            continue
+        va_loss, va_dice = (math.nan, math.nan) if val_loader is None else evaluate(
+            model, val_loader, loss_fn, device, cfg.amp)
+        for k, v in zip(history, (tr_loss, va_loss, tr_dice, va_dice, sched.get_last_lr()[0])):
+            history[k].append(v)
+        improved = va_dice > best
+        best, stale = (va_dice, 0) if improved else (best, stale + 1)
+        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+              "scaler": scaler.state_dict(), "epoch": epoch, "best_dice": best, "stale": stale,
+              "history": history, "config": asdict(cfg),
+              "gpu_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0}
+        save_checkpoint(last, ck)
+        if improved:
+            save_checkpoint(run_dir / "best.pt", ck)
+        if on_checkpoint is not None:
+            on_checkpoint(ck)
+        if val_loader is None:
+            print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}  Dice {tr_dice:.4f} (entrenamiento, "
+                  f"sin validación)  LR {history['lr'][-1]:.2e}")
+        else:
+            print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}/{va_loss:.4f} (entr./val.)  "
+                  f"Dice {tr_dice:.4f}/{va_dice:.4f}  LR {history['lr'][-1]:.2e}{'  *mejor*' if improved else ''}")
+        if log is not None:
+            log({k: v[-1] for k, v in history.items()} | {"epoch": epoch + 1})
+        stop = False
+        if cfg.patience and stale >= cfg.patience:
+            print(f"parada temprana: el Dice de validación no mejoró en {cfg.patience} épocas")
+            stop = True
+        elif cfg.time_budget_min and time.time() - t0 > 60 * cfg.time_budget_min:
+            print(f"presupuesto de {cfg.time_budget_min} min alcanzado tras la época {epoch + 1}")
+            stop = True
+        if (_any_rank(stop, device) if distributed else stop):
+            break
+    return history
+
+
+def init_wandb(project: str, config: dict):
+    """A W&B run when WANDB_API_KEY (env or Colab secret) is set and wandb installed; else None, said aloud."""
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            from google.colab import userdata  # type: ignore[import-not-found]
+            key = userdata.get("WANDB_API_KEY")
+        except Exception:  # not on Colab, or no such secret
+            key = None
+    if not key:
+        print("W&B: sin WANDB_API_KEY (variable de entorno o secreto de Colab); se entrena sin registrar")
+        return None
+    try:
+        import wandb
+    except ImportError:
+        print("W&B: falta el paquete (pip install wandb); se entrena sin registrar")
+        return None
+    wandb.login(key=key)
+    return wandb.init(project=project, config=config)
+
+
+# --------------------------------------------------------------------------------------------
+# Training in several processes (one per GPU)
+# --------------------------------------------------------------------------------------------
+
+def resolve_devices(devices: int | str, device: torch.device) -> int:
+    """Training processes: "auto" means every visible GPU (1 on CPU); an int forces it (CPU: gloo processes)."""
+    if devices == "auto":
+        return torch.cuda.device_count() if device.type == "cuda" else 1
+    n = int(devices)
+    if n < 1:
+        raise ValueError(f"DEVICES={devices!r}: use \"auto\" or a number of processes >= 1")
+    if device.type == "cuda" and n > torch.cuda.device_count():
+        raise ValueError(f"DEVICES={n} but only {torch.cuda.device_count()} GPU(s) are visible: "
+                         f"use DEVICES=\"auto\" or at most {torch.cuda.device_count()}")
+    return n
+
+
+def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset | None, cfg: TrainConfig,
+                      run_dir: str | Path, device: torch.device, world: int, batch_size: int, seed: int,
+                      resume: bool = True, log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
+    """`train` in `world` processes under DistributedDataParallel (NCCL on GPUs, gloo on CPU); same results contract.
+
+    `batch_size` is the global batch (the optimizer's), split evenly: batch_size / world per process, so the
+    number of steps and the LR schedule do not depend on the number of GPUs. The processes are started
+    with `spawn` (CUDA may already be in use in this kernel); the notebook's model travels to them with
+    cloudpickle (by value: its classes live in the notebook), the cached images through a memory-mapped
+    file. Each process shuffles its own shard every epoch (DistributedSampler, seeded); BatchNorm is
+    synchronised on GPUs (PyTorch's SyncBatchNorm has no CPU kernel). Rank 0 validates and writes the
+    checkpoints. A CUDA OOM on any process restarts all of them from last.pt with micro-batches half the
+    size. On return `model` holds the last epoch's weights; `log` is fed the history afterwards. val_ds=None: no
+    validation (the final fit, see `train`).
+    """
+    ensure_installed("cloudpickle", "cloudpickle>=2.2")
+    import cloudpickle
+    if batch_size % world:
+        raise ValueError(f"BATCH_SIZE={batch_size} does not split over {world} processes: use a multiple of {world}")
+    run_dir, per_rank = Path(run_dir), batch_size // world
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "last.pt"
+    done_before = len(load_checkpoint(last)["history"]["val_dice"]) if resume and last.exists() else 0
+    base = train_ds.base
+    work = Path(tempfile.mkdtemp(prefix="tdl_ddp_"))
+    try:
+        torch.save({"images": base.images, "masks": base.masks}, work / "data.pt")
+        images, masks = base.images, base.masks
+        base.images = base.masks = None  # the payload carries the rest; the tensors go through data.pt
+        try:
+            payload = cloudpickle.dumps((copy.deepcopy(model).cpu(), train_ds, val_ds, cfg, run_dir, seed))
+        finally:
+            base.images, base.masks = images, masks
+        (work / "payload.pkl").write_bytes(payload)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # this kernel's cached blocks (batch probe) would crowd rank 0's GPU
+        chunks, started = 1, time.time()
+        while True:
+            failure = _run_workers(world, work, resume, chunks, per_rank, device.type)
+            if failure is None:
+                break
+            if failure.get("error") == "oom" and chunks < per_rank:
+                chunks *= 2
+                print(f"CUDA sin memoria: micro-batch reducido a {math.ceil(per_rank / chunks)} por proceso "
+                      f"(gradientes acumulados en {chunks} partes, el batch efectivo no cambia); "
+                      f"se reanuda desde {last}")
+                resume = resume or (last.exists() and last.stat().st_mtime >= started)
+                continue
+            if failure.get("error") == "diverged":
+                raise TrainingDiverged(failure["message"])
+            if failure.get("error") == "oom":
+                raise torch.OutOfMemoryError(f"{failure['message']} (micro-batch already 1 per process: lower "
+                                             f"IMG_SIZE or BASE_CHANNELS)")
+            raise RuntimeError(f"{failure['message']}. The last complete epoch is in {last} (exists: "
+                               f"{last.exists()}); run the training cell again to resume from it.")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ck = load_checkpoint(last, cfg.model)
+    model.load_state_dict(ck["model"])
+    history = ck["history"]
+    if log is not None:
+        for e in range(done_before, len(history["val_dice"])):
+            log({k: v[e] for k, v in history.items()} | {"epoch": e + 1})
+    return history
+
+
+def _free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (for the processes' rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_workers(world: int, work: Path, resume: bool, chunks: int, per_rank: int, device_type: str) -> dict | None:
+    """Start the processes and wait; None when all finished, else what failed: {"error", "message"}."""
+    import torch.multiprocessing as mp
+    for f in [*work.glob("failure*.json"), *work.glob("out*.txt")]:  # from an earlier launch
+        f.unlink()
+    args = (world, str(work), _free_port(), resume, chunks, per_rank, device_type)
+    ctx = mp.start_processes(_ddp_worker, args=args, nprocs=world, join=False, start_method="spawn")
+    log, shown = work / "out0.txt", 0
+
+    def relay() -> int:  # rank 0's printed lines, shown here: a kernel may not show a child process's output
+        text = log.read_text() if log.exists() else ""
+        end = text.rfind("\n") + 1
+        if end > shown:
+            print(text[shown:end], end="", flush=True)
+        return max(end, shown)
+    try:
+        while not ctx.join(timeout=0.5):
+            shown = relay()
+        relay()
+        return None
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+        relay()
+        # what the processes recorded before failing (the one that saw the problem itself first), else the exception
+        recorded = [json.loads(f.read_text()) for f in sorted(work.glob("failure*.json"))]
+        if recorded:
+            return sorted(recorded, key=lambda r: not r["own"])[0]
+        return {"error": "died", "message": f"training process {e.error_index} failed: {str(e).strip()[-2000:]}"}
+    finally:  # a stop of the kernel (KeyboardInterrupt) must not leave processes training
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+
+
+def _ddp_worker(rank: int, world: int, work: str, port: int, resume: bool, chunks: int, per_rank: int,
+                device_type: str) -> None:
+    """One training process of train_distributed (runs in a fresh interpreter started by spawn)."""
+    global PROGRESS_BARS
+    PROGRESS_BARS = False
+    import cloudpickle
+    work_dir = Path(work)
+    sys.stdout = sys.stderr = open(work_dir / f"out{rank}.txt", "a", buffering=1)  # rank 0's: relayed by the parent
+    model, train_ds, val_ds, cfg, run_dir, seed = cloudpickle.loads((work_dir / "payload.pkl").read_bytes())
+    data = torch.load(work_dir / "data.pt", mmap=True, weights_only=True)  # shared pages, no copy per process
+    train_ds.base.images, train_ds.base.masks = data["images"], data["masks"]
+    cuda = device_type == "cuda"
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    seed_everything(seed + rank)  # different augmentation draws on each process
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(minutes=10), device_id=device if cuda else None)
+    try:
+        if cuda and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed)
+        train_loader = DataLoader(train_ds, per_rank, sampler=sampler, drop_last=len(sampler) > per_rank,
+                                  pin_memory=cuda)
+        val_loader = None if val_ds is None else DataLoader(val_ds, per_rank * world, pin_memory=cuda)
+        if rank == 0:
+            print(f"entrenando en {world} {'GPUs' if cuda else 'procesos de CPU (gloo)'}, batch {per_rank} por "
+                  f"{'GPU' if cuda else 'proceso'}, efectivo {per_rank * world}")
+        train(model, train_loader, val_loader, cfg, run_dir, device, resume=resume, chunks=chunks)
+    except (torch.OutOfMemoryError, TrainingDiverged) as e:
+        kind = "oom" if isinstance(e, torch.OutOfMemoryError) else "diverged"
+        own = "another process" not in str(e)
+        (work_dir / f"failure{rank}.json").write_text(json.dumps({"error": kind, "message": str(e), "own": own}))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+# --------------------------------------------------------------------------------------------
+
+MULTI_SCALES = (0.75, 1.0, 1.25)  # the multi-scale TTA's input rescalings (docs/experiments.md, Inference)
+MULTI_SCALE_FROM = 384  # input side from which inference averages MULTI_SCALES instead of the input size alone
+
+
+def tta_scales(img_size: int) -> tuple[float, ...]:
+    """Input rescalings averaged at inference: MULTI_SCALES from MULTI_SCALE_FROM px up, else (1,)."""
+    return MULTI_SCALES if img_size >= MULTI_SCALE_FROM else (1.0,)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool = True,
+                  batch_size: int = 8, amp: bool | str = True,
+                  scales: Sequence[float] = (1.0,)) -> Iterable[tuple[int, np.ndarray]]:
+    """Yield (index, probability map at the image's own size) for every item of a cached dataset.
+
+    Logits are computed at the training size, averaged with the horizontally flipped pass when
+    `tta` (and over the input rescaled by each of `scales`, sizes rounded to multiples of 16),
+    upsampled bilinearly to each image's original (H, W), and only then passed through
+    the sigmoid, so thresholds apply at full resolution.
+    """
+    model.eval()
+    dtype = amp_dtype(device, amp)
+    for lo in range(0, len(ds), batch_size):
+        idx = list(range(lo, min(lo + batch_size, len(ds))))
+        x = ds.normalize(torch.stack([ds.sample(i, None)[0] for i in idx]).to(device))
+        x = x.contiguous(memory_format=_memory_format(device))
+        logits = sum(_scaled_logits(model, x, s, tta, device, dtype) for s in scales) / len(scales)
+        for k, i in enumerate(idx):
+            h, w = ds.orig_sizes[i]
+            full = F.interpolate(logits[k:k + 1], size=(h, w), mode="bilinear", align_corners=False)
+            yield i, torch.sigmoid(full)[0, 0].cpu().numpy()
+
+
+def _scaled_logits(model: nn.Module, x: torch.Tensor, scale: float, tta: bool, device: torch.device,
+                   dtype: torch.dtype | None) -> torch.Tensor:
+    """Logits of x resized by `scale` (and their flip when tta), brought back to x's size.
+
+    A rescaled side is rounded to a multiple of 2**model.depth (the UNet's poolings), so every level divides evenly.
+    """
+    size = x.shape[-1]
+    scaled = size
+    if scale != 1:
+        if not hasattr(model, "depth"):
+            raise AttributeError(f"multi-scale TTA (scale {scale}) needs model.depth, the number of 2x2 poolings, to "
+                                 f"round sizes; {type(model).__name__} has none: use scales=(1.0,) or add it")
+        step = 2 ** model.depth
+        scaled = max(step, round(size * scale / step) * step)
+    xs = x if scaled == size else F.interpolate(x, size=(scaled, scaled), mode="bilinear", align_corners=False)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        logits = model(xs).float()
+        if tta:
+            logits = (logits + model(xs.flip(-1)).float().flip(-1)) / 2
+    return logits if scaled == size else F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def threshold_sweep(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device,
+                    thresholds: Sequence[float], tta: bool = True,
+                    scales: Sequence[float] = (1.0,), amp: bool | str = True) -> tuple[np.ndarray, list[float]]:
+    """Per-image full-resolution Dice for each threshold (N x T) and each image's true coverage."""
+    scores, coverage = np.zeros((len(ds), len(thresholds))), []
+    probs = predict_probs(model, ds, device, tta, scales=scales, amp=amp)
+    for i, prob in tqdm(probs, total=len(ds), desc="evaluación a tamaño completo", leave=False):
+        truth = read_mask(ds.items[i][1]).astype(bool)
+        coverage.append(float(truth.mean()))
+        for j, t in enumerate(thresholds):
+            scores[i, j] = dice_score(prob > t, truth)
+    return scores, coverage
+
+
+def choose_threshold(scores: np.ndarray, thresholds: Sequence[float]) -> tuple[float, int, float, float]:
+    """Section 7's rule on a sweep's per-image Dice (N x T): (threshold, index of the best, its mean paired gain over
+    0.5, two standard errors of that gain). The best replaces 0.5 only when its gain exceeds the two SE."""
+    at_05, best = list(thresholds).index(0.5), int(scores.mean(0).argmax())
+    gain = scores[:, best] - scores[:, at_05]  # paired, image by image
+    noise = 2 * gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+    return (float(thresholds[best]) if gain.mean() > noise else 0.5), best, float(gain.mean()), float(noise)
+
+
+def drop_small_components(mask: np.ndarray, min_frac: float) -> np.ndarray:
+    """The mask without its 8-connected regions smaller than `min_frac` of the largest one (0: unchanged)."""
+    if min_frac <= 0:
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0  # the background
+    return (sizes >= min_frac * sizes.max())[labels]
+
+
+def fill_small_holes(mask: np.ndarray, max_frac: float) -> np.ndarray:
+    """The mask with its enclosed background regions smaller than `max_frac` of its area filled (0: unchanged)."""
+    if max_frac <= 0:
+        return mask
+    labels, _ = ndimage.label(~mask)  # background regions, 4-connected (the complement of 8-connected regions)
+    small = np.bincount(labels.ravel()) < max_frac * mask.sum()
+    small[0] = False  # the mask itself
+    small[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = False  # not enclosed
+    return mask | small[labels]
+
+
+def postprocess(mask: np.ndarray, min_component: float, max_hole: float) -> np.ndarray:
+    """Section 7's post-process: drop regions under min_component of the largest, then fill holes under max_hole."""
+    return fill_small_holes(drop_small_components(mask, min_component), max_hole)
+
+
+def postprocess_dice(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool,
+                     threshold: float, min_component: float, max_hole: float,
+                     scales: Sequence[float] = (1.0,)) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image full-resolution Dice at `threshold` without and with `postprocess` (paired)."""
+    raw, post = np.zeros(len(ds)), np.zeros(len(ds))
+    probs = predict_probs(model, ds, device, tta, scales=scales)
+    for i, prob in tqdm(probs, total=len(ds), desc="post-proceso", leave=False):
+        truth, mask = read_mask(ds.items[i][1]).astype(bool), prob > threshold
+        raw[i] = dice_score(mask, truth)
+        post[i] = dice_score(postprocess(mask, min_component, max_hole), truth)
+    return raw, post
+
+
+# --------------------------------------------------------------------------------------------
+# Submission: RLE, CSV writing, validation
+# --------------------------------------------------------------------------------------------
+
+def rle_encode(mask: np.ndarray) -> str:
+    """Run-length encode a binary mask in Fortran (column-major) order with 1-indexed starts."""
+    pixels = np.asarray(mask).astype(bool).flatten(order="F").astype(np.int8)
+    padded = np.concatenate([[0], pixels, [0]])
+    runs = np.flatnonzero(padded[1:] != padded[:-1]) + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(map(str, runs))
+
+
+def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """Decode `start length ...` (1-indexed, Fortran order) into an HxW uint8 {0,1} mask."""
+    flat = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    nums = np.array(rle.split(), dtype=np.int64)
+    for start, length in zip(nums[::2], nums[1::2]):
+        flat[start - 1:start - 1 + length] = 1
+    return flat.reshape(shape, order="F")
+
+
+def submission_order(test_ids: Sequence[str], sample_csv: str | Path | None) -> list[str]:
+    """Test ids in sample_submission.csv order when there is one, else as given."""
+    if not sample_csv or not Path(sample_csv).is_file():
+        return list(test_ids)
+    with open(sample_csv, newline="") as f:
+        order = [r["id"] for r in csv.DictReader(f)]
+    if sorted(order) != sorted(test_ids):
+        raise ValueError(f"{sample_csv} lists other ids than the test images folder; check the download")
+    return order
+
+
+def new_submission_path(path: str | Path | None = None, out_dir: str | Path = "submissions") -> Path:
+    """A path that does not exist yet: `path`, or a timestamped name in out_dir; `_1`, `_2`... if taken."""
+    p = Path(path) if path else Path(out_dir) / f"submission_{datetime.now():%Y%m%d-%H%M%S}.csv"
+    candidate, k = p, 0
+    while candidate.exists():
+        k += 1
+        candidate = p.with_name(f"{p.stem}_{k}{p.suffix}")
+    if candidate != p and path:
+        print(f"{p} ya existe: se escribe {candidate} (nunca se pisa un archivo)")
+    candidate.parent.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def write_submission(rows: Iterable[tuple[str, str]], path: str | Path | None = None,
+                     out_dir: str | Path = "submissions") -> Path:
+    """Write `id,encoded_pixels` rows to a new CSV (never overwriting) and return its path."""
+    target = new_submission_path(path, out_dir)
+    with open(target, "x", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "encoded_pixels"])
+        w.writerows(rows)
+    return target
+
+
+def _check_runs(rle: str, n_pixels: int, rid: str) -> None:
+    """Raise ValueError unless `rle` is sorted, non-overlapping, positive runs inside n_pixels."""
+    toks = rle.split()
+    if len(toks) % 2:
+        raise ValueError(f"{rid}: odd number of values in encoded_pixels")
+    if not all(t.isdigit() for t in toks):
+        raise ValueError(f"{rid}: encoded_pixels must be non-negative integers, got {rle[:40]!r}")
+    nums = [int(t) for t in toks]
+    prev_end = 0
+    for start, length in zip(nums[::2], nums[1::2]):
+        if start < 1 or length < 1:
+            raise ValueError(f"{rid}: run ({start}, {length}) needs start >= 1 and length >= 1")
+        if start <= prev_end:
+            raise ValueError(f"{rid}: runs unsorted or overlapping at start {start}")
+        prev_end = start + length - 1
+        if prev_end > n_pixels:
+            raise ValueError(f"{rid}: run ({start}, {length}) goes past the {n_pixels} pixels of the image")
+
+
+def validate_submission(csv_path: str | Path, test_images_dir: str | Path) -> int:
+    """Check a submission against the test images; raise ValueError with the reason, else return rows."""
+    sizes = {p.name: image_size(p) for p in list_images(test_images_dir)}
+    csv.field_size_limit(2**31 - 1)  # a noisy mask's RLE passes the default 131072 characters
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0]] != ["id", "encoded_pixels"]:
+        raise ValueError(f"{csv_path}: header must be exactly 'id,encoded_pixels'")
+    seen: set[str] = set()
+    for r in rows[1:]:
+        if len(r) != 2:
+            raise ValueError(f"{csv_path}: row {r!r} does not have 2 columns")
+        rid = r[0]
+        if rid in seen:
+            raise ValueError(f"{csv_path}: id {rid} appears twice")
+        if rid not in sizes:
+            raise ValueError(f"{csv_path}: id {rid} is not a file in {test_images_dir}")
+        seen.add(rid)
+        h, w = sizes[rid]
+        _check_runs(r[1], h * w, rid)
+    missing = sorted(set(sizes) - seen)
+    if missing:
+        raise ValueError(f"{csv_path}: {len(missing)} test image(s) have no row, e.g. {missing[:5]}")
+    return len(seen)
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+def overlay(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 255),
+            alpha: float = 0.45) -> np.ndarray:
+    """The image with the mask painted over it in a translucent colour."""
+    out = img.astype(np.float32).copy()
+    m = np.asarray(mask, dtype=bool)
+    out[m] = (1 - alpha) * out[m] + alpha * np.array(color, dtype=np.float32)
+    return out.astype(np.uint8)
+
+
+def error_overlay(img: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The image with true positives green, false positives red and false negatives blue."""
+    p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    out = img
+    for m, c in ((p & t, (0, 200, 0)), (p & ~t, (255, 0, 0)), (~p & t, (0, 80, 255))):
+        out = overlay(out, m, c, alpha)
+    return out
+
+
+def show_grid(pictures: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 4,
+              size: float = 3.0, dpi: int = 90):
+    """Show images in a grid with optional titles, displayed as one JPEG; returns the (closed) figure.
+
+    Photos saved as PNG, the inline default, weigh about 1 MB per grid: a notebook with a few grids would
+    be many megabytes. Outside IPython the figure is left open for plt.show().
+    """
+    import matplotlib.pyplot as plt
+    nrows = math.ceil(len(pictures) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, (ax, pic) in enumerate(zip(axes.flat, pictures)):
+        ax.imshow(pic, cmap="gray" if pic.ndim == 2 else None)
+        if titles is not None:
+            ax.set_title(titles[k], fontsize=9)
+    fig.tight_layout()
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image as IPyImage
+        from IPython.display import display
+    except ImportError:
+        return fig
+    if get_ipython() is None:
+        return fig
+    buf = io.BytesIO()
+    fig.savefig(buf, format="jpeg", dpi=dpi, pil_kwargs={"quality": 85})
+    plt.close(fig)
+    display(IPyImage(buf.getvalue(), format="jpeg"))
+    return fig
+
+
+def plot_history(history: dict[str, list[float]]):
+    """Loss, Dice (train vs validation) and learning rate per epoch, side by side."""
+    import matplotlib.pyplot as plt
+    ep = np.arange(1, len(history["train_loss"]) + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    titles = ("pérdida (BCE + Dice suave, escala log)", "Dice (umbral 0.5)")
+    for ax, key, title in zip(axes[:2], ("loss", "dice"), titles):
+        ax.plot(ep, history[f"train_{key}"], label="entrenamiento")
+        ax.plot(ep, history[f"val_{key}"], label="validación")
+        ax.set_xlabel("época")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")  # a first validation loss far above the rest would flatten a linear axis
+    axes[2].plot(ep, history["lr"])
+    axes[2].set_title("tasa de aprendizaje (fin de época)")
+    axes[2].set_xlabel("época")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_dice_vs_coverage(dice: Sequence[float], coverage: Sequence[float]):
+    """Scatter of each validation image's Dice against the share of the image the person covers."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(np.asarray(coverage) * 100, dice, s=14, alpha=0.7)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("cobertura de la persona (% de píxeles, escala log)")
+    ax.set_ylabel("Dice por imagen")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Host: missing packages, the data's location, Kaggle credentials and download, demo data
+# --------------------------------------------------------------------------------------------
+
+COMPETITION = "tdl-obligatorio-2025"
+COMPETITION_URL = f"https://www.kaggle.com/competitions/{COMPETITION}"
+KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts attached data, at some depth
 
 
 def ensure_installed(module: str, requirement: str | None = None) -> None:
@@ -497,1215 +1656,3 @@ def make_demo_dataset(root: str | Path, n_train: int = 48, n_test: int = 12, siz
         if split == "train":
             Image.fromarray(mask).save(root / "train" / "masks" / f"{n}.png", compress_level=1)
     return root
-
-
-# --------------------------------------------------------------------------------------------
-# Data: cached dataset, augmentation, normalisation, split
-# --------------------------------------------------------------------------------------------
-
-
-def _load_item(args: tuple[Path, Path | None, int]) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
-    """Decode one (image, mask) pair, check their sizes agree and resize both."""
-    img_path, mask_path, size = args
-    img = read_image(img_path)
-    mask = None
-    if mask_path is not None:
-        mask = read_mask(mask_path)
-        if mask.shape != img.shape[:2]:
-            raise ValueError(f"{img_path} is {img.shape[1]}x{img.shape[0]} but its mask {mask_path} is "
-                             f"{mask.shape[1]}x{mask.shape[0]}; they must have the same size.")
-        mask = resize_mask(mask, size)
-    return resize_image(img, size), mask, img.shape[:2]
-
-
-class CachedSegDataset(Dataset):
-    """Images (and masks) decoded and resized once, kept in RAM as uint8 tensors.
-
-    `items` are (image_path, mask_path_or_None). __getitem__ returns the cached (uint8 image
-    3xSxS, uint8 {0,1} mask 1xSxS); test items have an all-zero mask. Batches stay uint8 until
-    they reach the device (4x less copying), where `to_input` normalises them; augmentation
-    also happens there (see Subset).
-    """
-
-    def __init__(self, items: Sequence[tuple[Path, Path | None]], size: int,
-                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
-                 workers: int = 2, progress: bool = True):
-        self.items, self.size = list(items), size
-        self.set_stats(mean, std)
-        n = len(self.items)
-        self.images = torch.empty((n, 3, size, size), dtype=torch.uint8)
-        self.masks = torch.zeros((n, 1, size, size), dtype=torch.uint8)
-        self.orig_sizes: list[tuple[int, int]] = []
-        jobs = [(Path(i), Path(m) if m else None, size) for i, m in self.items]
-        results = _parallel_map(_load_item, jobs, workers)
-        for k, (img, mask, hw) in enumerate(tqdm(results, total=n, desc=f"cache de {n} imágenes a {size} px",
-                                                disable=not progress)):
-            self.images[k] = torch.from_numpy(img).permute(2, 0, 1)
-            if mask is not None:
-                self.masks[k, 0] = torch.from_numpy(mask)
-            self.orig_sizes.append(hw)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[k], self.masks[k]
-
-    def sample(self, k: int, transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item k after `transform` (for pictures): (3xSxS uint8 image, 1xSxS uint8 {0,1} mask)."""
-        img, mask = tv_tensors.Image(self.images[k]), tv_tensors.Mask(self.masks[k])
-        if transform is not None:
-            img, mask = transform(img, mask)
-        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-
-    def set_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """Use these per-channel mean/std (0-1 scale) in `normalize`."""
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 image(s) (..., 3, H, W) on any device -> float, scaled to 0-1, minus mean, over std."""
-        return (x.float() / 255 - self.mean.to(x.device)) / self.std.to(x.device)
-
-    def to_input(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 batch on the device -> (normalised float images, float {0,1} masks)."""
-        return self.normalize(x), y.float()
-
-
-def _parallel_map(fn: Callable, jobs: list, workers: int) -> Iterable:
-    """map() over a process pool when workers > 1, in order; plain map otherwise."""
-    if workers <= 1 or len(jobs) < 8:
-        return map(fn, jobs)
-    from concurrent.futures import ProcessPoolExecutor
-    pool = ProcessPoolExecutor(workers)
-    results = pool.map(fn, jobs, chunksize=4)
-
-    def gen():
-        try:
-            yield from results
-        finally:
-            pool.shutdown()
-    return gen()
-
-
-def train_transform(strength: float = 1.0,
-                    interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR) -> v2.Compose:
-    """Joint augmentation of one image + mask: flip, scale/rotate/shift, brightness/contrast/saturation, grayscale."""
-    return v2.Compose([
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomApply([v2.RandomAffine(degrees=15 * strength, translate=(0.1 * strength, 0.1 * strength),
-                                        scale=(1 - 0.25 * strength, 1 + 0.25 * strength),
-                                        interpolation=interpolation)], p=0.7),  # of images; masks: nearest
-        # no hue jitter: at 384 px it costs 6.5 of the 9 ms per image and barely changes colours
-        v2.RandomApply([v2.ColorJitter(0.3 * strength, 0.3 * strength, 0.3 * strength)], p=0.8),
-        v2.RandomGrayscale(p=0.1),
-    ])
-
-
-def augment(x: torch.Tensor, y: torch.Tensor, transform: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply the joint v2 `transform` to each (image, mask) of a batch, one random draw each, on their device."""
-    pairs = [transform(tv_tensors.Image(img), tv_tensors.Mask(mask)) for img, mask in zip(x, y)]
-    return (torch.stack([img.as_subclass(torch.Tensor) for img, _ in pairs]),
-            torch.stack([mask.as_subclass(torch.Tensor) for _, mask in pairs]))
-
-
-def channel_stats(images: torch.Tensor, chunk: int = 128,
-                  index: Sequence[int] | None = None) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (0-1 scale) of an N x 3 x H x W uint8 tensor (or its items `index`), in chunks."""
-    index = list(range(len(images))) if index is None else list(index)
-    total, total_sq = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
-    for lo in range(0, len(index), chunk):
-        x = images[index[lo:lo + chunk]].to(torch.float64).div_(255)
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += x.square().sum(dim=(0, 2, 3))
-    n = len(index) * images[0].numel() / 3
-    mean = total / n
-    std = (total_sq / n - mean.square()).clamp(min=0).sqrt()
-    return mean.tolist(), std.tolist()
-
-
-def per_image_mean(t: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-    """Mean of each item of an N x ... uint8 tensor (e.g. person coverage of masks), in chunks."""
-    return torch.cat([c.flatten(1).float().mean(1) for c in t.split(chunk)])
-
-
-def coverage_bins(coverages: Sequence[float], n_bins: int = 4) -> np.ndarray:
-    """Quantile bin index of each image's person coverage, used to stratify the split."""
-    c = np.asarray(coverages, dtype=float)
-    edges = np.quantile(c, np.linspace(0, 1, n_bins + 1)[1:-1])
-    return np.searchsorted(edges, c, side="right")
-
-
-def stratified_split(strata: Sequence[int], val_frac: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split of indices into (train, val) with the same share of each stratum in both."""
-    rng = random.Random(seed)
-    train, val = [], []
-    for s in sorted(set(strata)):
-        idx = [i for i, v in enumerate(strata) if v == s]
-        rng.shuffle(idx)
-        k = round(len(idx) * val_frac)
-        val += idx[:k]
-        train += idx[k:]
-    return sorted(train), sorted(val)
-
-
-class Subset(Dataset):
-    """A view of some indices of a CachedSegDataset, with the augmentation `transform` (train only).
-
-    Items leave the DataLoader exactly as cached (uint8, no per-item work on the CPU cores);
-    `to_input` runs on the device: per-sample joint augmentation, then normalisation.
-    """
-
-    def __init__(self, base: CachedSegDataset, indices: Sequence[int], transform: Callable | None = None):
-        self.base, self.indices, self.transform = base, list(indices), transform
-        self.items = [base.items[i] for i in self.indices]
-        self.orig_sizes = [base.orig_sizes[i] for i in self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.base[self.indices[k]]
-
-    def sample(self, k: int, transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item k of the subset after `transform`, as CachedSegDataset.sample."""
-        return self.base.sample(self.indices[k], transform)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """The base dataset's normalisation."""
-        return self.base.normalize(x)
-
-    def to_input(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 batch on the device -> (normalised float images, float masks), augmented if `transform`."""
-        if self.transform is not None:
-            x, y = augment(x, y, self.transform)
-        return self.base.to_input(x, y)
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics and loss
-# --------------------------------------------------------------------------------------------
-
-
-def dice_score(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:
-    """Competition Dice of one binary mask pair: 2|A∩B|/(|A|+|B|), 1.0 when both are empty."""
-    p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
-    if p.shape != t.shape:
-        raise ValueError(f"prediction {p.shape} and truth {t.shape} must have the same shape")
-    denom = int(p.sum()) + int(t.sum())
-    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
-
-
-def dice_per_image(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Competition Dice of each image in a batch of binary masks (N x ...), 1 for empty/empty."""
-    p, t = pred.flatten(1).bool(), truth.flatten(1).bool()
-    inter = (p & t).sum(1).double()
-    denom = (p.sum(1) + t.sum(1)).double()
-    return torch.where(denom == 0, torch.ones_like(denom), 2 * inter / denom.clamp(min=1))
-
-
-def mean_dice(preds: Iterable, truths: Iterable) -> float:
-    """Mean per-image competition Dice over paired masks (the leaderboard score)."""
-    scores = [dice_score(p, t) for p, t in zip(preds, truths, strict=True)]
-    return float(np.mean(scores))
-
-
-def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Lovász hinge (Berman et al. 2018): a convex surrogate of 1 - IoU, per image, averaged over the batch."""
-    logits, target = logits.flatten(1), target.flatten(1)
-    errors = 1 - logits * (2 * target - 1)  # hinge margins: > 0 where a pixel is on the wrong side or close
-    errors, order = errors.sort(dim=1, descending=True)
-    gt = target.gather(1, order)
-    # gradient of the Lovász extension of the Jaccard loss: how 1 - IoU grows as each next pixel is added
-    jaccard = 1 - (gt.sum(1, keepdim=True) - gt.cumsum(1)) / (gt.sum(1, keepdim=True) + (1 - gt).cumsum(1))
-    grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
-    return (F.relu(errors) * grad).sum(1).mean()
-
-
-def edge_band(mask: torch.Tensor, px: int = 1) -> torch.Tensor:
-    """1 on pixels within px of a 0/1 mask's outline (inside or outside), else 0; mask is N x 1 x H x W.
-
-    Dilation minus erosion (max-pooling); the image border is not an outline."""
-    k = 2 * px + 1
-    return F.max_pool2d(mask, k, stride=1, padding=px) + F.max_pool2d(-mask, k, stride=1, padding=px)
-
-
-class DiceBCELoss(nn.Module):
-    """bce_weight * BCE + dice_weight * (1 - soft Dice per image) [+ lovasz_weight * Lovász hinge], in fp32.
-
-    edge_weight > 0: BCE pixels within edge_px of the person's outline (edge_band) weigh 1 + edge_weight, and the
-    BCE is divided by the mean weight, so it keeps its scale (the paper's weighted loss, without instances)."""
-
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
-                 lovasz_weight: float = 0.0, edge_weight: float = 0.0, edge_px: int = 1):
-        super().__init__()
-        self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
-        self.lovasz_weight, self.edge_weight, self.edge_px = lovasz_weight, edge_weight, edge_px
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = logits.float(), target.float()
-        loss = logits.new_zeros(())
-        if self.bce_weight:
-            if self.edge_weight:
-                w = 1 + self.edge_weight * edge_band(target, self.edge_px)
-                bce = F.binary_cross_entropy_with_logits(logits, target, weight=w, reduction="sum") / w.sum()
-            else:
-                bce = F.binary_cross_entropy_with_logits(logits, target)
-            loss = loss + self.bce_weight * bce
-        if self.dice_weight:
-            p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
-            soft_dice = (2 * (p * t).sum(1) + self.smooth) / (p.sum(1) + t.sum(1) + self.smooth)
-            loss = loss + self.dice_weight * (1 - soft_dice.mean())
-        if self.lovasz_weight:
-            loss = loss + self.lovasz_weight * lovasz_hinge(logits, target)
-        return loss
-
-
-# --------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (CPU and CUDA) for repeatable runs."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-
-
-AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the AMP values that force a dtype
-
-
-CPUINFO = Path("/proc/cpuinfo")  # where Linux lists the CPU's instruction sets
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU has bf16 instructions (avx512_bf16 or AMX in /proc/cpuinfo) and oneDNN may use them."""
-    try:
-        flags = set(CPUINFO.read_text().split())
-    except OSError:  # not Linux: unknown, so no
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def amp_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype | None:
-    """Autocast dtype: None for amp False; GPU: True is bf16 on Ampere+, fp16 on older (T4); CPU: bf16 if "bf16"."""
-    if not (isinstance(amp, bool) or amp in tuple(AMP_DTYPES)):
-        raise ValueError(f"AMP={amp!r}: use True (the GPU's best dtype), False (fp32), \"fp16\" (the T4's dtype, "
-                         f"on any GPU) or \"bf16\" (Ampere and newer; on a CPU, opt-in); set it in the notebook's "
-                         f"parameters cell")
-    if device.type != "cuda":  # the CPU trains in fp32 unless asked for bf16 (its speed depends on the CPU: README)
-        if amp == "bf16" and not cpu_has_bf16():
-            raise ValueError("AMP=\"bf16\": this CPU has no bf16 instructions (avx512_bf16 or AMX), so bf16 would be "
-                             "emulated: 15x slower than fp32 on an AVX2 CPU (README, Speed and memory); use AMP=True "
-                             "(fp32 on a CPU) in the notebook's parameters cell")
-        return torch.bfloat16 if amp == "bf16" else None
-    if amp is False:
-        return None
-    ampere = torch.cuda.get_device_capability(device)[0] >= 8
-    if amp == "bf16" and not ampere:
-        raise ValueError(f"AMP=\"bf16\": {torch.cuda.get_device_name(device)} has no bf16 tensor cores; use AMP=True "
-                         f"(fp16 there) in the notebook's parameters cell")
-    return AMP_DTYPES[amp] if isinstance(amp, str) else torch.bfloat16 if ampere else torch.float16
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; saved in every checkpoint."""
-
-    epochs: int = 40
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    grad_clip: float = 1.0
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
-    edge_weight: float = 0.0  # BCE weight of outline pixels is 1 + this (DiceBCELoss)
-    edge_px: int = 1  # the outline band: pixels within this distance of the mask's border, both sides
-    lovasz_weight: float = 0.0  # adds the Lovász hinge (a surrogate of per-image IoU) to the loss
-    lovasz_epochs: int = 0  # the last N epochs train on the Lovász hinge alone (a fine-tuning stage)
-    low_res: int = 0  # progressive resizing: the first low_res_epochs train on batches downscaled to this side
-    low_res_epochs: int = 0
-    amp: bool | str = True  # False, True (bf16 on Ampere+, fp16 on a T4) or "fp16"/"bf16": amp_dtype
-    patience: int = 0  # early stopping: epochs without val Dice gain (0: off)
-    time_budget_min: float = 0.0  # stop after the epoch that crosses it (0: no limit)
-    ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights (e.g. 0.99)
-    model: dict = field(default_factory=dict)  # architecture + data settings a checkpoint must match
-    data: dict = field(default_factory=dict)  # how batches are made (batch, augmentation, split); a resume must match
-
-
-RESUMABLE = ("amp", "patience", "time_budget_min")  # the only TrainConfig fields a resumed run may change
-
-
-def config_diff(saved: dict, now: dict) -> dict:
-    """{key: (saved value, current value)} for every key whose values differ."""
-    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
-
-
-def config_tag(cfg: TrainConfig) -> str:
-    """8 hex digits naming everything that defines a run (RESUMABLE fields aside): one RUN_DIR per recipe."""
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}
-    return hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at total_steps."""
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return f
-
-
-def ema_update_fn(decay: float) -> Callable[[list, list, torch.Tensor], None]:
-    """AveragedModel's multi_avg_fn: an EMA of the weights seen so far, bias-corrected like Adam's moments.
-
-    A plain EMA started from the first weights keeps decay**n of them after n updates (0.995: 37% after 200
-    updates, 9% after 480), so a short run's average is partly untrained. Here each new weight enters with
-    (1 - decay) / (1 - decay**m), m the number of weights averaged: the same exponential weights, normalised.
-    """
-    @torch.no_grad()
-    def update(ema: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-        m = int(n) + 1  # weights in the average after this update (the first one was copied)
-        w = (1 - decay) / (1 - decay**m)
-        if torch.is_floating_point(ema[0]):
-            torch._foreach_lerp_(ema, current, w)
-        else:  # integer buffers (BatchNorm's num_batches_tracked) follow the model
-            for e, c in zip(ema, current):
-                e.copy_(c)
-    return update
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file then rename, so a crash never leaves a half-written file."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, model_config: dict | None = None) -> dict:
-    """Load a checkpoint safely (weights_only) and check it was made with the same model config."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint there; train first or fix the path")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = state.get("config", {}).get("model", {})
-    if model_config is not None and saved != model_config:
-        raise ValueError(f"{path} was trained with another configuration (checkpoint vs now: "
-                         f"{config_diff(saved, model_config)}). "
-                         f"Use the same settings, or a new RUN_DIR to train from scratch.")
-    return state
-
-
-def _batches(x: torch.Tensor, y: torch.Tensor, chunks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Split a batch into `chunks` micro-batches (gradient accumulation after an OOM)."""
-    return list(zip(x.chunk(chunks), y.chunk(chunks)))
-
-
-def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                    cfg: TrainConfig, device: torch.device, state: dict, epoch: int) -> tuple[float, float]:
-    """One pass over the training data; returns (mean loss, mean Dice at 0.5) of its batches.
-
-    `model` may be wrapped in DistributedDataParallel: then gradients are averaged across processes
-    once per step (micro-batches other than the last skip the exchange), a NaN loss on any process
-    stops all of them at the same step, and an OOM is raised for train_distributed to handle.
-    """
-    model.train()
-    ddp = isinstance(model, DistributedDataParallel)
-    dtype = amp_dtype(device, cfg.amp)
-    losses, dices = [], []
-    bar = tqdm(loader, desc=f"época {epoch + 1}/{cfg.epochs}, entrenamiento", leave=False)
-    for step, (x, y) in enumerate(bar):
-        x, y = _to_device(x, y, loader, device)
-        if cfg.low_res and epoch < cfg.low_res_epochs:
-            x, y = downscale(x, y, cfg.low_res)
-        while True:
-            try:
-                opt.zero_grad(set_to_none=True)
-                loss_sum, logits, bad = 0.0, [], None
-                parts = _batches(x, y, state["chunks"])
-                for k, (xc, yc) in enumerate(parts):
-                    sync = not ddp or k == len(parts) - 1
-                    with contextlib.nullcontext() if sync else model.no_sync():
-                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                            out = model(xc)
-                        loss = loss_fn(out, yc) * len(xc) / len(x)
-                        if not torch.isfinite(loss):
-                            bad = f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}"
-                            if not ddp:  # under DDP every process must reach the same collectives first
-                                raise TrainingDiverged(bad)
-                        scaler.scale(loss).backward()
-                    loss_sum += loss.item()
-                    logits.append(out.detach())
-                if ddp and _any_rank(bad is not None, device):
-                    raise TrainingDiverged(bad or f"loss is not finite on another process at epoch {epoch + 1}, "
-                                                  f"step {step + 1}")
-                break
-            except torch.OutOfMemoryError:
-                if ddp or state["chunks"] >= len(x):
-                    raise
-                state["chunks"] *= 2
-                opt.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
-                print(f"CUDA sin memoria: micro-batch reducido a {math.ceil(len(x) / state['chunks'])} (gradientes "
-                      f"acumulados en {state['chunks']} partes, el batch efectivo no cambia)")
-        scaler.unscale_(opt)
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        if state.get("ema") is not None:
-            state["ema"].update_parameters(model)
-        losses.append(loss_sum)
-        dices.append(dice_per_image(torch.cat(logits) > 0, y > 0.5).mean().item())
-        bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-    return float(np.mean(losses)), float(np.mean(dices))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
-             amp: bool | str = True) -> tuple[float, float]:
-    """(mean loss, mean per-image Dice at threshold 0.5) at training resolution."""
-    model.eval()
-    dtype = amp_dtype(device, amp)
-    losses, dices = [], []
-    for x, y in loader:
-        x, y = _to_device(x, y, loader, device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(x)
-        losses.append(loss_fn(out, y).item() * len(x))
-        dices.append(dice_per_image(out > 0, y > 0.5))
-    n = sum(len(d) for d in dices)
-    return float(sum(losses) / n), float(torch.cat(dices).mean())
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every process when `flag` is true on at least one (a collective: all must call it)."""
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def _to_device(x: torch.Tensor, y: torch.Tensor, loader: DataLoader,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a uint8 batch to the device and make it model input there (the loader's dataset knows how)."""
-    x, y = loader.dataset.to_input(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-    return x.contiguous(memory_format=_memory_format(device)), y
-
-
-def downscale(x: torch.Tensor, y: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A model-input batch shrunk to size x size: images antialiased bilinear, masks area-averaged (soft 0-1)."""
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.contiguous(memory_format=_memory_format(x.device)), F.interpolate(y, size=(size, size), mode="area")
-
-
-def _memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA (tensor cores). Not on the CPU: 1.09x faster there, but the sums then depend on how a
-    batch is split (batch 4 vs 2 + 2: weights 0.01 apart after 15 Adam steps, 1e-5 in NCHW), see README."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-
-def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, cfg: TrainConfig,
-          run_dir: str | Path, device: torch.device, resume: bool = True,
-          log: Callable[[dict], None] | None = None, chunks: int = 1) -> dict[str, list[float]]:
-    """Train with AdamW + warm-up/cosine LR, AMP, clipping, early stopping and checkpoints.
-
-    The loaders' datasets (CachedSegDataset / Subset) yield uint8 batches and normalise them on
-    the device. Writes run_dir/last.pt after every epoch and run_dir/best.pt when validation Dice improves.
-    With resume=True and a last.pt present, continues from the epoch after it. Returns the
-    history: train/val loss and Dice and the LR, one value per epoch. With val_loader=None (the final fit on
-    every labelled image) nothing is validated: the val figures are NaN, no best.pt is written, and the model
-    ends with the last epoch's weights (the EMA's, if on). `chunks` > 1 starts with
-    micro-batches (gradient accumulation). Under torch.distributed (see train_distributed) each
-    process runs this loop on its shard of the data; rank 0 alone validates, prints and writes,
-    and its stop decisions reach every process.
-    """
-    if val_loader is None and cfg.patience:
-        raise ValueError(f"patience={cfg.patience} needs validation data: with val_loader=None use patience=0")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    model.to(device, memory_format=_memory_format(device))
-    loss_fn = DiceBCELoss(cfg.bce_weight, cfg.dice_weight, lovasz_weight=cfg.lovasz_weight,
-                          edge_weight=cfg.edge_weight, edge_px=cfg.edge_px)  # also validates
-    finetune_fn = DiceBCELoss(0.0, 0.0, lovasz_weight=1.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * len(train_loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, warmup_cosine(steps, max(1, int(cfg.warmup_epochs * len(train_loader)))))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, cfg.amp) == torch.float16)
-    history: dict[str, list[float]] = {k: [] for k in ("train_loss", "val_loss", "train_dice", "val_dice", "lr")}
-    start, best, stale, state = 0, -1.0, 0, {"chunks": chunks, "ema": None}
-    if cfg.ema_decay:  # the averaged copy is what gets validated, saved as "model" and used for inference
-        state["ema"] = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=ema_update_fn(cfg.ema_decay), use_buffers=True)
-    evaluated = state["ema"].module if state["ema"] is not None else model
-    last = run_dir / "last.pt"
-    if resume and last.exists():
-        ck = load_checkpoint(last, cfg.model)
-        diff = {k: v for k, v in config_diff(ck["config"], asdict(cfg)).items() if k not in RESUMABLE}
-        if diff:  # the optimizer and LR schedule come back from the checkpoint: a new setting would be ignored
-            raise ValueError(f"{last} was made with other training settings (checkpoint vs now: {diff}); resuming "
-                             f"would continue the old recipe. Use the same settings, or a new RUN_DIR.")
-        model.load_state_dict(ck.get("train_model", ck["model"]))
-        if state["ema"] is not None:
-            state["ema"].module.load_state_dict(ck["model"])
-            state["ema"].n_averaged.fill_(ck["ema_updates"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        start, best, stale, history = ck["epoch"] + 1, ck["best_dice"], ck["stale"], ck["history"]
-        if rank == 0:
-            print(f"reanudado desde {last}: {start} épocas hechas"
-                  + ("" if val_loader is None else f", mejor Dice de validación {best:.4f}"))
-    net = model
-    if distributed:  # after loading: DDP starts by copying rank 0's weights to every process
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    t0 = time.time()
-    for epoch in range(start, cfg.epochs):
-        sampler = getattr(train_loader, "sampler", None)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)  # a new shuffle, and a new shard per process, every epoch
-        try:
-            fn = finetune_fn if epoch >= cfg.epochs - cfg.lovasz_epochs else loss_fn
-            tr_loss, tr_dice = train_one_epoch(net, train_loader, fn, opt, sched, scaler, cfg, device, state, epoch)
-        except TrainingDiverged as e:
-            raise TrainingDiverged(f"{e}. Training stopped; the last good checkpoint is {last} (exists: "
-                                   f"{last.exists()}). Set AMP=False and resume, or lower LR and train anew in "
-                                   f"another RUN_DIR (a resumed run keeps its LR schedule).") from None
-        if distributed:  # the epoch's training figures averaged over the processes' shards
-            t = torch.tensor([tr_loss, tr_dice], device=device)
-            dist.all_reduce(t)
-            tr_loss, tr_dice = (t / dist.get_world_size()).tolist()
-        if rank != 0:  # rank 0 validates and writes; the others wait for its stop decision
-            if _any_rank(False, device):
-                break
-            continue
-        va_loss, va_dice = (math.nan, math.nan) if val_loader is None else evaluate(
-            evaluated, val_loader, loss_fn, device, cfg.amp)
-        for k, v in zip(history, (tr_loss, va_loss, tr_dice, va_dice, sched.get_last_lr()[0])):
-            history[k].append(v)
-        improved = va_dice > best
-        best, stale = (va_dice, 0) if improved else (best, stale + 1)
-        ck = {"model": evaluated.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-              "scaler": scaler.state_dict(), "epoch": epoch, "best_dice": best, "stale": stale,
-              "history": history, "config": asdict(cfg),
-              "gpu_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0}
-        if evaluated is not model:  # the raw weights, to resume training, and the EMA's weight count
-            ck["train_model"], ck["ema_updates"] = model.state_dict(), int(state["ema"].n_averaged)
-        save_checkpoint(last, ck)
-        if improved:
-            save_checkpoint(run_dir / "best.pt", ck)
-        if val_loader is None:
-            print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}  Dice {tr_dice:.4f} (entrenamiento, "
-                  f"sin validación)  LR {history['lr'][-1]:.2e}")
-        else:
-            print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}/{va_loss:.4f} (entr./val.)  "
-                  f"Dice {tr_dice:.4f}/{va_dice:.4f}  LR {history['lr'][-1]:.2e}{'  *mejor*' if improved else ''}")
-        if log is not None:
-            log({k: v[-1] for k, v in history.items()} | {"epoch": epoch + 1})
-        stop = False
-        if cfg.patience and stale >= cfg.patience:
-            print(f"parada temprana: el Dice de validación no mejoró en {cfg.patience} épocas")
-            stop = True
-        elif cfg.time_budget_min and time.time() - t0 > 60 * cfg.time_budget_min:
-            print(f"presupuesto de {cfg.time_budget_min} min alcanzado tras la época {epoch + 1}")
-            stop = True
-        if (_any_rank(stop, device) if distributed else stop):
-            break
-    if evaluated is not model:  # the caller's model ends as the one validated and saved
-        model.load_state_dict(evaluated.state_dict())
-    return history
-
-
-def resolve_devices(devices: int | str, device: torch.device) -> int:
-    """Training processes: "auto" means every visible GPU (1 on CPU); an int forces it (CPU: gloo processes)."""
-    if devices == "auto":
-        return torch.cuda.device_count() if device.type == "cuda" else 1
-    n = int(devices)
-    if n < 1:
-        raise ValueError(f"DEVICES={devices!r}: use \"auto\" or a number of processes >= 1")
-    if device.type == "cuda" and n > torch.cuda.device_count():
-        raise ValueError(f"DEVICES={n} but only {torch.cuda.device_count()} GPU(s) are visible: "
-                         f"use DEVICES=\"auto\" or at most {torch.cuda.device_count()}")
-    return n
-
-
-def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset | None, cfg: TrainConfig,
-                      run_dir: str | Path, device: torch.device, world: int, batch_size: int, seed: int,
-                      resume: bool = True, log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
-    """`train` in `world` processes under DistributedDataParallel (NCCL on GPUs, gloo on CPU); same results contract.
-
-    `batch_size` is the global batch (the optimizer's), split evenly: batch_size / world per process, so the
-    number of steps and the LR schedule do not depend on the number of GPUs. The processes are started
-    with `spawn` (CUDA may already be in use in this kernel); the notebook's model travels to them with
-    cloudpickle (by value: its classes live in the notebook), the cached images through a memory-mapped
-    file. Each process shuffles its own shard every epoch (DistributedSampler, seeded); BatchNorm is
-    synchronised on GPUs (PyTorch's SyncBatchNorm has no CPU kernel). Rank 0 validates and writes the
-    checkpoints. A CUDA OOM on any process restarts all of them from last.pt with micro-batches half the
-    size. On return `model` holds the last epoch's weights; `log` is fed the history afterwards. val_ds=None: no
-    validation (the final fit, see `train`).
-    """
-    ensure_installed("cloudpickle", "cloudpickle>=2.2")
-    import cloudpickle
-    if batch_size % world:
-        raise ValueError(f"BATCH_SIZE={batch_size} does not split over {world} processes: use a multiple of {world}")
-    run_dir, per_rank = Path(run_dir), batch_size // world
-    run_dir.mkdir(parents=True, exist_ok=True)
-    last = run_dir / "last.pt"
-    done_before = len(load_checkpoint(last)["history"]["val_dice"]) if resume and last.exists() else 0
-    base = train_ds.base
-    work = Path(tempfile.mkdtemp(prefix="tdl_ddp_"))
-    try:
-        torch.save({"images": base.images, "masks": base.masks}, work / "data.pt")
-        images, masks = base.images, base.masks
-        base.images = base.masks = None  # the payload carries the rest; the tensors go through data.pt
-        try:
-            payload = cloudpickle.dumps((copy.deepcopy(model).cpu(), train_ds, val_ds, cfg, run_dir, seed))
-        finally:
-            base.images, base.masks = images, masks
-        (work / "payload.pkl").write_bytes(payload)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # this kernel's cached blocks (batch probe) would crowd rank 0's GPU
-        chunks, started = 1, time.time()
-        while True:
-            failure = _run_workers(world, work, resume, chunks, per_rank, device.type)
-            if failure is None:
-                break
-            if failure.get("error") == "oom" and chunks < per_rank:
-                chunks *= 2
-                print(f"CUDA sin memoria: micro-batch reducido a {math.ceil(per_rank / chunks)} por proceso "
-                      f"(gradientes acumulados en {chunks} partes, el batch efectivo no cambia); "
-                      f"se reanuda desde {last}")
-                resume = resume or (last.exists() and last.stat().st_mtime >= started)
-                continue
-            if failure.get("error") == "diverged":
-                raise TrainingDiverged(failure["message"])
-            if failure.get("error") == "oom":
-                raise torch.OutOfMemoryError(f"{failure['message']} (micro-batch already 1 per process: lower "
-                                             f"IMG_SIZE or BASE_CHANNELS)")
-            raise RuntimeError(f"{failure['message']}. The last complete epoch is in {last} (exists: "
-                               f"{last.exists()}); run the training cell again to resume from it.")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    ck = load_checkpoint(last, cfg.model)
-    model.load_state_dict(ck["model"])
-    history = ck["history"]
-    if log is not None:
-        for e in range(done_before, len(history["val_dice"])):
-            log({k: v[e] for k, v in history.items()} | {"epoch": e + 1})
-    return history
-
-
-def _free_port() -> int:
-    """A TCP port on localhost that nothing listens on now (for the processes' rendezvous)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_workers(world: int, work: Path, resume: bool, chunks: int, per_rank: int, device_type: str) -> dict | None:
-    """Start the processes and wait; None when all finished, else what failed: {"error", "message"}."""
-    import torch.multiprocessing as mp
-    for f in [*work.glob("failure*.json"), *work.glob("out*.txt")]:  # from an earlier launch
-        f.unlink()
-    args = (world, str(work), _free_port(), resume, chunks, per_rank, device_type)
-    ctx = mp.start_processes(_ddp_worker, args=args, nprocs=world, join=False, start_method="spawn")
-    log, shown = work / "out0.txt", 0
-
-    def relay() -> int:  # rank 0's printed lines, shown here: a kernel may not show a child process's output
-        text = log.read_text() if log.exists() else ""
-        end = text.rfind("\n") + 1
-        if end > shown:
-            print(text[shown:end], end="", flush=True)
-        return max(end, shown)
-    try:
-        while not ctx.join(timeout=0.5):
-            shown = relay()
-        relay()
-        return None
-    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-        relay()
-        # what the processes recorded before failing (the one that saw the problem itself first), else the exception
-        recorded = [json.loads(f.read_text()) for f in sorted(work.glob("failure*.json"))]
-        if recorded:
-            return sorted(recorded, key=lambda r: not r["own"])[0]
-        return {"error": "died", "message": f"training process {e.error_index} failed: {str(e).strip()[-2000:]}"}
-    finally:  # a stop of the kernel (KeyboardInterrupt) must not leave processes training
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-            p.join()
-
-
-def _ddp_worker(rank: int, world: int, work: str, port: int, resume: bool, chunks: int, per_rank: int,
-                device_type: str) -> None:
-    """One training process of train_distributed (runs in a fresh interpreter started by spawn)."""
-    global PROGRESS_BARS
-    PROGRESS_BARS = False
-    import cloudpickle
-    work_dir = Path(work)
-    sys.stdout = sys.stderr = open(work_dir / f"out{rank}.txt", "a", buffering=1)  # rank 0's: relayed by the parent
-    model, train_ds, val_ds, cfg, run_dir, seed = cloudpickle.loads((work_dir / "payload.pkl").read_bytes())
-    data = torch.load(work_dir / "data.pt", mmap=True, weights_only=True)  # shared pages, no copy per process
-    train_ds.base.images, train_ds.base.masks = data["images"], data["masks"]
-    cuda = device_type == "cuda"
-    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    seed_everything(seed + rank)  # different augmentation draws on each process
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=timedelta(minutes=10), device_id=device if cuda else None)
-    try:
-        if cuda and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed)
-        train_loader = DataLoader(train_ds, per_rank, sampler=sampler, drop_last=len(sampler) > per_rank,
-                                  pin_memory=cuda)
-        val_loader = None if val_ds is None else DataLoader(val_ds, per_rank * world, pin_memory=cuda)
-        if rank == 0:
-            print(f"entrenando en {world} {'GPUs' if cuda else 'procesos de CPU (gloo)'}, batch {per_rank} por "
-                  f"{'GPU' if cuda else 'proceso'}, efectivo {per_rank * world}")
-        train(model, train_loader, val_loader, cfg, run_dir, device, resume=resume, chunks=chunks)
-    except (torch.OutOfMemoryError, TrainingDiverged) as e:
-        kind = "oom" if isinstance(e, torch.OutOfMemoryError) else "diverged"
-        own = "another process" not in str(e)
-        (work_dir / f"failure{rank}.json").write_text(json.dumps({"error": kind, "message": str(e), "own": own}))
-        raise
-    finally:
-        dist.destroy_process_group()
-
-
-def init_wandb(project: str, config: dict):
-    """A W&B run when WANDB_API_KEY (env or Colab secret) is set and wandb installed; else None, said aloud."""
-    key = os.environ.get("WANDB_API_KEY")
-    if not key:
-        try:
-            from google.colab import userdata  # type: ignore[import-not-found]
-            key = userdata.get("WANDB_API_KEY")
-        except Exception:  # not on Colab, or no such secret
-            key = None
-    if not key:
-        print("W&B: sin WANDB_API_KEY (variable de entorno o secreto de Colab); se entrena sin registrar")
-        return None
-    try:
-        import wandb
-    except ImportError:
-        print("W&B: falta el paquete (pip install wandb); se entrena sin registrar")
-        return None
-    wandb.login(key=key)
-    return wandb.init(project=project, config=config)
-
-
-def peak_step_memory(model: nn.Module, img_size: int, batch: int, device: torch.device,
-                     dtype: torch.dtype | None) -> int:
-    """Peak CUDA bytes of two real training steps (random data, AdamW, channels_last) at this size and batch."""
-    model.to(device, memory_format=torch.channels_last).train()
-    opt, loss_fn = torch.optim.AdamW(model.parameters(), lr=1e-9), DiceBCELoss()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    try:
-        x = torch.randn(batch, 3, img_size, img_size, device=device).to(memory_format=torch.channels_last)
-        y = (torch.rand(batch, 1, img_size, img_size, device=device) > 0.5).float()
-        for _ in range(2):
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return torch.cuda.max_memory_allocated(device)
-    finally:
-        model.zero_grad(set_to_none=True)
-
-
-def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: bool | str = True,
-                    max_batch: int = 64, memory_fraction: float = 0.8) -> int:
-    """Largest power-of-two batch whose real training step fits in memory_fraction of the GPU.
-
-    Probes forward + backward + optimizer step at decreasing sizes; each OOM halves the batch.
-    The fraction leaves room for fragmentation, the validation pass and other processes.
-    """
-    if device.type != "cuda":
-        raise ValueError("find_batch_size probes GPU memory; on CPU pick a batch size by hand")
-    saved = copy.deepcopy(model.state_dict())  # the probe's steps must not change the model
-    total = torch.cuda.get_device_properties(device).total_memory
-    dtype = amp_dtype(device, amp)
-    batch = max_batch
-    while batch >= 1:
-        try:
-            peak = peak_step_memory(model, img_size, batch, device, dtype)
-            if peak <= memory_fraction * total:
-                print(f"batch {batch}: pico {peak / 2**30:.2f} GiB de {total / 2**30:.1f} GiB -> se usa")
-                model.load_state_dict(saved)
-                return batch
-            print(f"batch {batch}: pico {peak / 2**30:.2f} GiB > {memory_fraction:.0%} de la GPU, a la mitad")
-        except torch.OutOfMemoryError:
-            print(f"batch {batch}: sin memoria, a la mitad")
-        batch //= 2
-    raise RuntimeError(f"even batch 1 does not fit at {img_size}px; lower IMG_SIZE or BASE_CHANNELS")
-
-
-MIN_STEPS_PER_EPOCH = 48  # the dev photos' 196 training images at batch 4: the batch chosen on validation
-
-
-def batch_for_data(n_train: int, cap: int, min_steps: int = MIN_STEPS_PER_EPOCH, floor: int = 4) -> int:
-    """Largest power-of-two batch <= cap that still makes min_steps updates per epoch (never below floor or cap)."""
-    batch = 1
-    while batch * 2 <= cap and (n_train // (batch * 2) >= min_steps or batch * 2 <= floor):
-        batch *= 2
-    return batch
-
-
-def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple[int, float]:
-    """(activation bytes, forward GFLOPs) of one size x size image, from the leaf modules' outputs.
-
-    The activations are what backward keeps (in-place ReLUs share storage and are not counted);
-    FLOPs count the multiply-adds of convolutions as 2 operations. Runs on the meta device
-    (shapes only: no memory, instant), so it works for any size on a CPU.
-    """
-    total, flops = 0, 0
-
-    def hook(mod: nn.Module, _inp, out: torch.Tensor) -> None:
-        nonlocal total, flops
-        if not (isinstance(mod, nn.ReLU) and mod.inplace):
-            total += out.numel() * bytes_per_value
-        if isinstance(mod, nn.Conv2d):
-            flops += 2 * out.numel() * mod.in_channels // mod.groups * math.prod(mod.kernel_size)
-        elif isinstance(mod, nn.ConvTranspose2d):
-            flops += 2 * _inp[0].numel() * mod.out_channels * math.prod(mod.kernel_size)
-
-    meta = copy.deepcopy(model).to("meta")
-    handles = [m.register_forward_hook(hook) for m in meta.modules() if not list(m.children())]
-    with torch.no_grad():
-        meta(torch.empty(1, 3, size, size, device="meta"))
-    for h in handles:
-        h.remove()
-    return total, flops / 1e9
-
-
-# --------------------------------------------------------------------------------------------
-# Inference
-# --------------------------------------------------------------------------------------------
-
-
-MULTI_SCALES = (0.75, 1.0, 1.25)  # the multi-scale TTA's input rescalings (Appendix A.5)
-MULTI_SCALE_FROM = 384  # input side from which inference averages MULTI_SCALES instead of the input size alone
-
-
-def tta_scales(img_size: int) -> tuple[float, ...]:
-    """Input rescalings averaged at inference: MULTI_SCALES from MULTI_SCALE_FROM px up, else (1,) (Appendix A.5)."""
-    return MULTI_SCALES if img_size >= MULTI_SCALE_FROM else (1.0,)
-
-
-@torch.no_grad()
-def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool = True,
-                  batch_size: int = 8, amp: bool | str = True,
-                  scales: Sequence[float] = (1.0,)) -> Iterable[tuple[int, np.ndarray]]:
-    """Yield (index, probability map at the image's own size) for every item of a cached dataset.
-
-    Logits are computed at the training size, averaged with the horizontally flipped pass when
-    `tta` (and over the input rescaled by each of `scales`, sizes rounded to multiples of 16),
-    upsampled bilinearly to each image's original (H, W), and only then passed through
-    the sigmoid, so thresholds apply at full resolution.
-    """
-    model.eval()
-    dtype = amp_dtype(device, amp)
-    for lo in range(0, len(ds), batch_size):
-        idx = list(range(lo, min(lo + batch_size, len(ds))))
-        x = ds.normalize(torch.stack([ds.sample(i, None)[0] for i in idx]).to(device))
-        x = x.contiguous(memory_format=_memory_format(device))
-        logits = sum(_scaled_logits(model, x, s, tta, device, dtype) for s in scales) / len(scales)
-        for k, i in enumerate(idx):
-            h, w = ds.orig_sizes[i]
-            full = F.interpolate(logits[k:k + 1], size=(h, w), mode="bilinear", align_corners=False)
-            yield i, torch.sigmoid(full)[0, 0].cpu().numpy()
-
-
-def _scaled_logits(model: nn.Module, x: torch.Tensor, scale: float, tta: bool, device: torch.device,
-                   dtype: torch.dtype | None) -> torch.Tensor:
-    """Logits of x resized by `scale` (and their flip when tta), brought back to x's size.
-
-    A rescaled side is rounded to a multiple of 2**model.depth (the UNet's poolings), so every level divides evenly.
-    """
-    size = x.shape[-1]
-    scaled = size
-    if scale != 1:
-        if not hasattr(model, "depth"):
-            raise AttributeError(f"multi-scale TTA (scale {scale}) needs model.depth, the number of 2x2 poolings, to "
-                                 f"round sizes; {type(model).__name__} has none: use scales=(1.0,) or add it")
-        step = 2 ** model.depth
-        scaled = max(step, round(size * scale / step) * step)
-    xs = x if scaled == size else F.interpolate(x, size=(scaled, scaled), mode="bilinear", align_corners=False)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        logits = model(xs).float()
-        if tta:
-            logits = (logits + model(xs.flip(-1)).float().flip(-1)) / 2
-    return logits if scaled == size else F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def threshold_sweep(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device,
-                    thresholds: Sequence[float], tta: bool = True,
-                    scales: Sequence[float] = (1.0,), amp: bool | str = True) -> tuple[np.ndarray, list[float]]:
-    """Per-image full-resolution Dice for each threshold (N x T) and each image's true coverage."""
-    scores, coverage = np.zeros((len(ds), len(thresholds))), []
-    probs = predict_probs(model, ds, device, tta, scales=scales, amp=amp)
-    for i, prob in tqdm(probs, total=len(ds), desc="evaluación a tamaño completo", leave=False):
-        truth = read_mask(ds.items[i][1]).astype(bool)
-        coverage.append(float(truth.mean()))
-        for j, t in enumerate(thresholds):
-            scores[i, j] = dice_score(prob > t, truth)
-    return scores, coverage
-
-
-def choose_threshold(scores: np.ndarray, thresholds: Sequence[float]) -> tuple[float, int, float, float]:
-    """Section 7's rule on a sweep's per-image Dice (N x T): (threshold, index of the best, its mean paired gain over
-    0.5, two standard errors of that gain). The best replaces 0.5 only when its gain exceeds the two SE."""
-    at_05, best = list(thresholds).index(0.5), int(scores.mean(0).argmax())
-    gain = scores[:, best] - scores[:, at_05]  # paired, image by image
-    noise = 2 * gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
-    return (float(thresholds[best]) if gain.mean() > noise else 0.5), best, float(gain.mean()), float(noise)
-
-
-def drop_small_components(mask: np.ndarray, min_frac: float) -> np.ndarray:
-    """The mask without its 8-connected regions smaller than `min_frac` of the largest one (0: unchanged)."""
-    if min_frac <= 0:
-        return mask
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0  # the background
-    return (sizes >= min_frac * sizes.max())[labels]
-
-
-def fill_small_holes(mask: np.ndarray, max_frac: float) -> np.ndarray:
-    """The mask with its enclosed background regions smaller than `max_frac` of its area filled (0: unchanged)."""
-    if max_frac <= 0:
-        return mask
-    labels, _ = ndimage.label(~mask)  # background regions, 4-connected (the complement of 8-connected regions)
-    small = np.bincount(labels.ravel()) < max_frac * mask.sum()
-    small[0] = False  # the mask itself
-    small[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = False  # not enclosed
-    return mask | small[labels]
-
-
-def postprocess(mask: np.ndarray, min_component: float, max_hole: float) -> np.ndarray:
-    """Section 7's post-process: drop regions under min_component of the largest, then fill holes under max_hole."""
-    return fill_small_holes(drop_small_components(mask, min_component), max_hole)
-
-
-def postprocess_dice(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool,
-                     threshold: float, min_component: float, max_hole: float,
-                     scales: Sequence[float] = (1.0,)) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image full-resolution Dice at `threshold` without and with `postprocess` (paired)."""
-    raw, post = np.zeros(len(ds)), np.zeros(len(ds))
-    probs = predict_probs(model, ds, device, tta, scales=scales)
-    for i, prob in tqdm(probs, total=len(ds), desc="post-proceso", leave=False):
-        truth, mask = read_mask(ds.items[i][1]).astype(bool), prob > threshold
-        raw[i] = dice_score(mask, truth)
-        post[i] = dice_score(postprocess(mask, min_component, max_hole), truth)
-    return raw, post
-
-
-# --------------------------------------------------------------------------------------------
-# Submission: RLE, CSV writing, validation
-# --------------------------------------------------------------------------------------------
-
-
-def rle_encode(mask: np.ndarray) -> str:
-    """Run-length encode a binary mask in Fortran (column-major) order with 1-indexed starts."""
-    pixels = np.asarray(mask).astype(bool).flatten(order="F").astype(np.int8)
-    padded = np.concatenate([[0], pixels, [0]])
-    runs = np.flatnonzero(padded[1:] != padded[:-1]) + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(map(str, runs))
-
-
-def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """Decode `start length ...` (1-indexed, Fortran order) into an HxW uint8 {0,1} mask."""
-    flat = np.zeros(shape[0] * shape[1], dtype=np.uint8)
-    nums = np.array(rle.split(), dtype=np.int64)
-    for start, length in zip(nums[::2], nums[1::2]):
-        flat[start - 1:start - 1 + length] = 1
-    return flat.reshape(shape, order="F")
-
-
-def submission_order(test_ids: Sequence[str], sample_csv: str | Path | None) -> list[str]:
-    """Test ids in sample_submission.csv order when there is one, else as given."""
-    if not sample_csv or not Path(sample_csv).is_file():
-        return list(test_ids)
-    with open(sample_csv, newline="") as f:
-        order = [r["id"] for r in csv.DictReader(f)]
-    if sorted(order) != sorted(test_ids):
-        raise ValueError(f"{sample_csv} lists other ids than the test images folder; check the download")
-    return order
-
-
-def new_submission_path(path: str | Path | None = None, out_dir: str | Path = "submissions") -> Path:
-    """A path that does not exist yet: `path`, or a timestamped name in out_dir; `_1`, `_2`... if taken."""
-    p = Path(path) if path else Path(out_dir) / f"submission_{datetime.now():%Y%m%d-%H%M%S}.csv"
-    candidate, k = p, 0
-    while candidate.exists():
-        k += 1
-        candidate = p.with_name(f"{p.stem}_{k}{p.suffix}")
-    if candidate != p and path:
-        print(f"{p} ya existe: se escribe {candidate} (nunca se pisa un archivo)")
-    candidate.parent.mkdir(parents=True, exist_ok=True)
-    return candidate
-
-
-def write_submission(rows: Iterable[tuple[str, str]], path: str | Path | None = None,
-                     out_dir: str | Path = "submissions") -> Path:
-    """Write `id,encoded_pixels` rows to a new CSV (never overwriting) and return its path."""
-    target = new_submission_path(path, out_dir)
-    with open(target, "x", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "encoded_pixels"])
-        w.writerows(rows)
-    return target
-
-
-def _check_runs(rle: str, n_pixels: int, rid: str) -> None:
-    """Raise ValueError unless `rle` is sorted, non-overlapping, positive runs inside n_pixels."""
-    toks = rle.split()
-    if len(toks) % 2:
-        raise ValueError(f"{rid}: odd number of values in encoded_pixels")
-    if not all(t.isdigit() for t in toks):
-        raise ValueError(f"{rid}: encoded_pixels must be non-negative integers, got {rle[:40]!r}")
-    nums = [int(t) for t in toks]
-    prev_end = 0
-    for start, length in zip(nums[::2], nums[1::2]):
-        if start < 1 or length < 1:
-            raise ValueError(f"{rid}: run ({start}, {length}) needs start >= 1 and length >= 1")
-        if start <= prev_end:
-            raise ValueError(f"{rid}: runs unsorted or overlapping at start {start}")
-        prev_end = start + length - 1
-        if prev_end > n_pixels:
-            raise ValueError(f"{rid}: run ({start}, {length}) goes past the {n_pixels} pixels of the image")
-
-
-def validate_submission(csv_path: str | Path, test_images_dir: str | Path) -> int:
-    """Check a submission against the test images; raise ValueError with the reason, else return rows."""
-    sizes = {p.name: image_size(p) for p in list_images(test_images_dir)}
-    csv.field_size_limit(2**31 - 1)  # a noisy mask's RLE passes the default 131072 characters
-    with open(csv_path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or [c.strip() for c in rows[0]] != ["id", "encoded_pixels"]:
-        raise ValueError(f"{csv_path}: header must be exactly 'id,encoded_pixels'")
-    seen: set[str] = set()
-    for r in rows[1:]:
-        if len(r) != 2:
-            raise ValueError(f"{csv_path}: row {r!r} does not have 2 columns")
-        rid = r[0]
-        if rid in seen:
-            raise ValueError(f"{csv_path}: id {rid} appears twice")
-        if rid not in sizes:
-            raise ValueError(f"{csv_path}: id {rid} is not a file in {test_images_dir}")
-        seen.add(rid)
-        h, w = sizes[rid]
-        _check_runs(r[1], h * w, rid)
-    missing = sorted(set(sizes) - seen)
-    if missing:
-        raise ValueError(f"{csv_path}: {len(missing)} test image(s) have no row, e.g. {missing[:5]}")
-    return len(seen)
-
-
-# --------------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------------
-
-
-def overlay(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 255),
-            alpha: float = 0.45) -> np.ndarray:
-    """The image with the mask painted over it in a translucent colour."""
-    out = img.astype(np.float32).copy()
-    m = np.asarray(mask, dtype=bool)
-    out[m] = (1 - alpha) * out[m] + alpha * np.array(color, dtype=np.float32)
-    return out.astype(np.uint8)
-
-
-def error_overlay(img: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The image with true positives green, false positives red and false negatives blue."""
-    p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
-    out = img
-    for m, c in ((p & t, (0, 200, 0)), (p & ~t, (255, 0, 0)), (~p & t, (0, 80, 255))):
-        out = overlay(out, m, c, alpha)
-    return out
-
-
-def show_grid(pictures: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 4,
-              size: float = 3.0, dpi: int = 90):
-    """Show images in a grid with optional titles, displayed as one JPEG; returns the (closed) figure.
-
-    Photos saved as PNG, the inline default, weigh about 1 MB per grid: a notebook with a few grids would
-    be many megabytes. Outside IPython the figure is left open for plt.show().
-    """
-    import matplotlib.pyplot as plt
-    nrows = math.ceil(len(pictures) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for k, (ax, pic) in enumerate(zip(axes.flat, pictures)):
-        ax.imshow(pic, cmap="gray" if pic.ndim == 2 else None)
-        if titles is not None:
-            ax.set_title(titles[k], fontsize=9)
-    fig.tight_layout()
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image as IPyImage
-        from IPython.display import display
-    except ImportError:
-        return fig
-    if get_ipython() is None:
-        return fig
-    buf = io.BytesIO()
-    fig.savefig(buf, format="jpeg", dpi=dpi, pil_kwargs={"quality": 85})
-    plt.close(fig)
-    display(IPyImage(buf.getvalue(), format="jpeg"))
-    return fig
-
-
-def plot_history(history: dict[str, list[float]]):
-    """Loss, Dice (train vs validation) and learning rate per epoch, side by side."""
-    import matplotlib.pyplot as plt
-    ep = np.arange(1, len(history["train_loss"]) + 1)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    titles = ("pérdida (BCE + Dice suave, escala log)", "Dice (umbral 0.5)")
-    for ax, key, title in zip(axes[:2], ("loss", "dice"), titles):
-        ax.plot(ep, history[f"train_{key}"], label="entrenamiento")
-        ax.plot(ep, history[f"val_{key}"], label="validación")
-        ax.set_xlabel("época")
-        ax.set_title(title)
-        ax.legend()
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")  # a first validation loss far above the rest would flatten a linear axis
-    axes[2].plot(ep, history["lr"])
-    axes[2].set_title("tasa de aprendizaje (fin de época)")
-    axes[2].set_xlabel("época")
-    axes[2].grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def plot_dice_vs_coverage(dice: Sequence[float], coverage: Sequence[float]):
-    """Scatter of each validation image's Dice against the share of the image the person covers."""
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(np.asarray(coverage) * 100, dice, s=14, alpha=0.7)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("cobertura de la persona (% de píxeles, escala log)")
-    ax.set_ylabel("Dice por imagen")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-

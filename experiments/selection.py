@@ -1,10 +1,10 @@
 """Honest selection: train a configuration on several seeded train/validation splits of the TRAINING data
 and score it on validation only (full-size Dice, as Kaggle computes it). Test answers are never read here.
 
-    python experiments/selection.py DATA NAME --seeds 0 1 2 3 --jobs 2 [-s KEY=VALUE ...] [--ema 0.99]
+    python experiments/selection.py DATA NAME --seeds 0 1 2 3 --jobs 2 [-s KEY=VALUE ...]
     python experiments/selection.py --summary experiments/results            # mean ± sd per configuration and variant
-    python experiments/selection.py DATA --ensemble A B:last_raw --seeds 0 1  # A's best.pt, B's raw last weights
-    python experiments/selection.py --summary experiments/results --pair A:last_raw B:best  # one variant vs another
+    python experiments/selection.py DATA --ensemble A B:last --seeds 0 1  # A's best.pt, B's last weights, averaged
+    python experiments/selection.py --summary experiments/results --pair A:last B:best  # one variant vs another
     python experiments/selection.py DATA --inference NAME --seeds 0 1  # post-processes, threshold, TTA
     python experiments/selection.py DATA --by-coverage A:best B:best   # where A wins or loses, by the person's size
 
@@ -12,7 +12,7 @@ Each seed changes the split (stratified by person coverage, as in the notebook),
 augmentation draws. Every run evaluates several inference variants on the same trained weights (paired):
   best       best.pt (by validation Dice at input size), flip TTA: what the notebook does
   best_ms    best.pt, flip TTA at scales 0.75/1/1.25 of the input size
-  last       the final weights, flip TTA (with --ema: the averaged weights; last_raw: the raw ones)
+  last       the final weights, flip TTA
   avgN       with -s AVG_LAST=K: the uniform mean of the last N epochs' weights (N = 3, 5, 10 up to K, and K;
              BatchNorm's running statistics averaged too): averaging the last checkpoints
   cont       with -s CONT_EPOCHS=K: the final weights after K more epochs on the whole training side (a final fit
@@ -24,7 +24,9 @@ augmentation draws. Every run evaluates several inference variants on the same t
   notta      no flip TTA
   sweep      the notebook's threshold rule (section 7), chosen on one half of the validation, scored on the other
   and a grid of the post-process's two thresholds (MIN_COMPONENT in PP_MIN x MAX_HOLE in PP_HOLE), as gains
-Defaults are the notebook's CPU configuration (128 px, base 16, 40 epochs, batch 4).
+Defaults are the notebook's CPU configuration (128 px, base 16, 40 epochs, batch 4). Options measured and rejected
+before they left the notebook (EMA of the weights, Lovász fine-tuning, progressive resizing) are reproduced at the
+commit docs/experiments.md names.
 """
 from __future__ import annotations
 
@@ -65,8 +67,7 @@ _NB = notebook_parameters()
 DEFAULTS = {"IMG_SIZE": 128, "BASE_CHANNELS": 16, "EPOCHS": 40, "BATCH_SIZE": 4,
             **{k: _NB[k] for k in ("LR", "WEIGHT_DECAY", "DROPOUT", "BATCH_NORM", "AUG_STRENGTH", "VAL_FRAC",
                                    "EDGE_WEIGHT", "EDGE_PX")},
-            "EMA": 0.0, "DICE_WEIGHT": 1.0, "LOVASZ_WEIGHT": 0.0, "LOVASZ_EPOCHS": 0,
-            "LOW_RES": 0, "LOW_RES_EPOCHS": 0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0, "DEPTH": 4,
+            "DICE_WEIGHT": 1.0, "TRAIN_FRAC": 1.0, "RESIDUAL": False, "DEEP_SUP": 0.0, "DEPTH": 4,
             "GRAD_CLIP": 1.0, "CONT_EPOCHS": 0, "CONT_LR": 1e-3, "AFFINE_INTERP": "bilinear", "AVG_LAST": 0,
             "AMP": "auto"}
 # settings that take a word, and the words they take (AMP auto: the notebook's default; bf16: on a CPU too)
@@ -153,14 +154,15 @@ def deep_supervised(unet: type) -> type:
 
 class DeepSupLoss(U.DiceBCELoss):
     """The notebook's loss on the main logits + weight * (0.5, 0.25, 0.125) x the same loss on each aux head,
-    against the mask area-downsampled to the head's size."""
+    against the mask area-downsampled to the head's size (in training mode; validation sees the main term)."""
 
-    model: torch.nn.Module | None = None
-    weight = 1.0
+    def __init__(self, model: torch.nn.Module, weight: float = 1.0, **loss_kw):
+        super().__init__(**loss_kw)
+        self.model, self.weight = model, weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = super().forward(logits, target)
-        for k, aux in enumerate(self.model.aux if self.model is not None and self.model.training else []):
+        for k, aux in enumerate(self.model.aux if self.model.training else []):
             small = torch.nn.functional.interpolate(target.float(), size=aux.shape[-2:], mode="area")
             loss = loss + self.weight * 0.5 ** (k + 1) * super().forward(aux, small)
         return loss
@@ -206,42 +208,31 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     U.seed_everything(seed)
     model_cfg = model_config(cfg)
     model = build_unet(cfg)
-    if cfg["DEEP_SUP"]:  # U.train builds its loss from U.DiceBCELoss: this process trains with the aux terms
-        DeepSupLoss.model, DeepSupLoss.weight = model, cfg["DEEP_SUP"]
-        U.DiceBCELoss = DeepSupLoss
-    tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"],
-                         amp=run_amp(cfg), ema_decay=cfg["EMA"], model=model_cfg,
-                         dice_weight=cfg["DICE_WEIGHT"], edge_weight=cfg["EDGE_WEIGHT"], edge_px=cfg["EDGE_PX"],
-                         lovasz_weight=cfg["LOVASZ_WEIGHT"], lovasz_epochs=cfg["LOVASZ_EPOCHS"], low_res=cfg["LOW_RES"],
-                         low_res_epochs=cfg["LOW_RES_EPOCHS"], grad_clip=cfg["GRAD_CLIP"])
+    tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"], amp=run_amp(cfg),
+                         model=model_cfg, dice_weight=cfg["DICE_WEIGHT"], edge_weight=cfg["EDGE_WEIGHT"],
+                         edge_px=cfg["EDGE_PX"], grad_clip=cfg["GRAD_CLIP"])
+    loss_fn = None  # U.train's own: the notebook's loss with tcfg's weights
+    if cfg["DEEP_SUP"]:  # the same loss plus the aux heads' terms
+        loss_fn = DeepSupLoss(model, cfg["DEEP_SUP"], dice_weight=tcfg.dice_weight, edge_weight=tcfg.edge_weight,
+                              edge_px=tcfg.edge_px)
     batch = cfg["BATCH_SIZE"]
     train_loader = DataLoader(train_ds, batch, shuffle=True, drop_last=len(train_ds) > batch)
     run_dir = out / "runs" / f"{name}_s{seed}"
     kept: list[dict] = []  # with AVG_LAST: the last epochs' weights, as U.train saves them to last.pt
-    save = U.save_checkpoint
 
-    def keep(path: Path, ck: dict) -> None:
-        if Path(path).name == "last.pt":
-            kept.append({k: v.detach().clone() for k, v in ck["model"].items()})
-            del kept[:-cfg["AVG_LAST"]]
-        save(path, ck)
+    def keep(ck: dict) -> None:
+        kept.append({k: v.detach().clone() for k, v in ck["model"].items()})
+        del kept[:-cfg["AVG_LAST"]]
 
-    U.save_checkpoint = keep if cfg["AVG_LAST"] else save
     t0 = time.time()
-    try:
-        history = U.train(model, train_loader, DataLoader(val_ds, batch), tcfg, run_dir, DEVICE, resume=False)
-    finally:
-        U.save_checkpoint = save  # the continuation below saves its own last.pt
+    history = U.train(model, train_loader, DataLoader(val_ds, batch), tcfg, run_dir, DEVICE, resume=False,
+                      loss_fn=loss_fn, on_checkpoint=keep if cfg["AVG_LAST"] else None)
     minutes = (time.time() - t0) / 60
     scores = {"last": full_size_dice(model, val_ds, amp=tcfg.amp)}
     for n in averaged(cfg["AVG_LAST"]):
         avg = build_unet(cfg)
         avg.load_state_dict(average_weights(kept[-n:]))
         scores[f"avg{n}"] = full_size_dice(avg, val_ds, amp=tcfg.amp)
-    if cfg["EMA"]:
-        raw = build_unet(cfg)
-        raw.load_state_dict(weights(run_dir, "last_raw"))
-        scores["last_raw"] = full_size_dice(raw, val_ds, amp=tcfg.amp)
     model.load_state_dict(weights(run_dir, "best"))
     scores["best"] = full_size_dice(model, val_ds, amp=tcfg.amp)
     scores["best_ms"] = full_size_dice(model, val_ds, SCALES, amp=tcfg.amp)
@@ -274,15 +265,10 @@ def average_weights(states: list[dict]) -> dict:
 
 
 def weights(run_dir: Path, variant: str) -> dict:
-    """A trained run's weights: best (best.pt), last (last.pt, the EMA's if on) or last_raw (last.pt, raw)."""
-    if variant == "best":
-        return U.load_checkpoint(run_dir / "best.pt")["model"]
-    ckpt = U.load_checkpoint(run_dir / "last.pt")
-    if variant == "last_raw":
-        return ckpt.get("train_model") or ckpt["model"]
-    if variant == "last":
-        return ckpt["model"]
-    sys.exit(f"unknown variant {variant!r}: use best, last or last_raw")
+    """A trained run's weights: best (best.pt) or last (last.pt)."""
+    if variant not in ("best", "last"):
+        sys.exit(f"unknown variant {variant!r}: use best or last")
+    return U.load_checkpoint(run_dir / f"{variant}.pt")["model"]
 
 
 def split_key(cfg: dict) -> tuple:
@@ -498,9 +484,6 @@ def summary(out: Path, ref: str | None = None) -> None:
             minutes = np.mean([r["train_minutes"] for r in rs])
             print(f"| {name} | {seeds} | {variant} | {means.mean():.4f} ± {sd} | "
                   f"{'—' if variant == 'best' else spread(gains)} | {vs_ref} | {minutes:.1f} |")
-        if "last_raw" in rs[0]["scores"]:  # the EMA's own effect: averaged vs raw final weights of the same runs
-            ema = np.array([np.mean(r["scores"]["last"]) - np.mean(r["scores"]["last_raw"]) for r in rs])
-            print(f"| {name} | {seeds} | EMA gain (last − last_raw) | | {spread(ema)} | | |")
 
 
 def main() -> None:
@@ -511,7 +494,6 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="seeds trained at once (threads are split between them)")
     ap.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"change a setting: {', '.join(DEFAULTS)}")
-    ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off)")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     ap.add_argument("--summary", type=Path, help="print the table of the results in this folder and stop")
     ap.add_argument("--ref", help="a configuration to compare the others against, paired by seed")
@@ -543,7 +525,7 @@ def main() -> None:
         return inference(args.data, args.inference, args.seeds, args.out)
     if args.data is None or args.name is None:
         ap.error("DATA and NAME are needed (or --summary FOLDER)")
-    cfg = dict(DEFAULTS, EMA=args.ema)
+    cfg = dict(DEFAULTS)
     for kv in args.set:
         key, value = kv.split("=", 1)
         if key not in DEFAULTS:
@@ -558,7 +540,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.one_seed is not None:
         return run_one(args.data, args.name, args.one_seed, cfg, args.out)
-    base = [sys.executable, __file__, str(args.data), args.name, "--out", str(args.out), "--ema", str(args.ema)]
+    base = [sys.executable, __file__, str(args.data), args.name, "--out", str(args.out)]
     base += [x for kv in args.set for x in ("-s", kv)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     pending, running = list(args.seeds), []

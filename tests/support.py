@@ -17,6 +17,7 @@ SHARED = ROOT.parent / "shared"
 NOTEBOOK = ROOT / "obligatorio.ipynb"
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
+from notebook_code import cells as notebook_cells  # noqa: E402, F401  (used by the test modules)
 from notebook_code import definitions  # noqa: E402
 
 import utils as U  # noqa: E402

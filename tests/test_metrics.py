@@ -109,27 +109,6 @@ def test_edge_px_widens_the_weighted_band():
         assert (loss(wrong, target) / loss(core, target)).item() == pytest.approx(ratio, rel=0.01)
 
 
-def _lovasz_reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Berman et al.'s reference lovasz_hinge_flat, one image at a time (github.com/bermanmaxim/LovaszSoftmax)."""
-    out = []
-    for lg, lb in zip(logits.flatten(1), labels.flatten(1)):
-        errors, perm = torch.sort(1.0 - lg * (2.0 * lb - 1.0), descending=True)
-        gt = lb[perm]
-        jaccard = 1.0 - (gt.sum() - gt.cumsum(0)) / (gt.sum() + (1 - gt).cumsum(0))
-        jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
-        out.append(torch.dot(torch.relu(errors), jaccard))
-    return torch.stack(out).mean()
-
-
-def test_lovasz_hinge_matches_reference_and_is_zero_with_margin():
-    torch.manual_seed(0)
-    logits, target = torch.randn(3, 1, 8, 8), (torch.rand(3, 1, 8, 8) > 0.6).float()
-    target[2] = 0  # an image without a person
-    assert U.lovasz_hinge(logits, target).item() == pytest.approx(_lovasz_reference(logits, target).item(), rel=1e-6)
-    assert U.lovasz_hinge((target * 2 - 1) * 1.5, target).item() == 0.0  # right side of every margin
-    assert U.DiceBCELoss(0, 0, lovasz_weight=2)(logits, target) == pytest.approx(2 * U.lovasz_hinge(logits, target))
-
-
 def test_drop_small_components_keeps_regions_of_at_least_a_share_of_the_largest():
     m = np.zeros((40, 40), bool)
     m[5:25, 5:25] = True  # the person: 400 px

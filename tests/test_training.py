@@ -323,26 +323,6 @@ def test_forward_cost_counts_activations_and_flops():
     assert next(net.parameters()).device.type == "cpu"  # measured on a copy
 
 
-def test_ema_validates_and_saves_the_average_and_resumes_from_the_raw_weights(UNet, demo_ds, tmp_path):
-    tr, va = loaders(demo_ds)
-    U.seed_everything(0)
-    straight = UNet(base=8)
-    h = U.train(straight, tr, va, cfg(3, ema_decay=0.9), tmp_path / "a", CPU)
-    ck = U.load_checkpoint(tmp_path / "a" / "last.pt", {"base": 8})
-    assert set(ck["model"]) == set(ck["train_model"])
-    assert any(not torch.equal(ck["model"][k], ck["train_model"][k]) for k in ck["model"])  # an average, not a copy
-    for k, v in straight.state_dict().items():  # the caller's model ends as the averaged one
-        assert torch.equal(v, ck["model"][k])
-    U.seed_everything(0)
-    with pytest.raises(KeyboardInterrupt):
-        U.train(UNet(base=8), tr, va, cfg(3, ema_decay=0.9), tmp_path / "b", CPU, log=StopAfter(2))
-    h_resumed = U.train(UNet(base=8), tr, va, cfg(3, ema_decay=0.9), tmp_path / "b", CPU)
-    assert h_resumed["train_loss"] == pytest.approx(h["train_loss"], rel=1e-4)  # raw weights resumed
-    assert h_resumed["val_dice"][:2] == h["val_dice"][:2]
-    with pytest.raises(ValueError, match=r"'ema_decay': \(0.9, 0.0\)"):
-        U.train(UNet(base=8), tr, va, cfg(3), tmp_path / "b", CPU)
-
-
 def test_multiscale_prediction_averages_rescaled_passes(UNet, demo_ds):
     model = UNet(base=8).eval()
     ds = U.Subset(demo_ds, range(2))
@@ -386,63 +366,12 @@ def test_multiscale_inference_from_384_px_reaches_the_postprocess_check(UNet, de
     assert not np.array_equal(flat, raw)  # the scales reached the predictions
 
 
-def test_lovasz_stage_trains_the_last_epochs_on_the_lovasz_hinge_alone(UNet, demo_ds, tmp_path, monkeypatch):
-    calls = []
-    hinge = U.lovasz_hinge
-    monkeypatch.setattr(U, "lovasz_hinge", lambda logits, target: calls.append(len(logits)) or hinge(logits, target))
-    tr, va = loaders(demo_ds)
-    U.seed_everything(0)
-    h = U.train(UNet(base=8), tr, va, cfg(3, lovasz_epochs=1), tmp_path, CPU)
-    assert sum(calls) == len(tr.dataset)  # one pass of the training images, in the last epoch, not in validation
-    assert len(h["val_loss"]) == 3 and all(np.isfinite(h["train_loss"]))
-
-
-def test_ema_is_the_normalised_exponential_average_of_the_weights_seen():
-    decay, xs = 0.9, [3.0, -1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
-    net = torch.nn.Linear(1, 1, bias=False)
-    avg = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=U.ema_update_fn(decay), use_buffers=True)
-    for m, x in enumerate(xs, start=1):
-        net.weight.data.fill_(x)
-        avg.update_parameters(net)
-        w = np.array([decay ** (m - k) for k in range(1, m + 1)])
-        assert avg.module.weight.item() == pytest.approx((w * xs[:m]).sum() / w.sum())  # normalised from the start
-
-
 def test_auto_batch_keeps_enough_updates_per_epoch():
     assert U.batch_for_data(196, 16) == 4  # dev photos: 49 updates per epoch instead of 12
     assert U.batch_for_data(400, 16) == 8  # 50 per epoch
     assert U.batch_for_data(1813, 16) == 16 and U.batch_for_data(1813, 8) == 8  # competition: memory decides
     assert U.batch_for_data(40, 16) == 4  # tiny data: the floor
     assert U.batch_for_data(40, 2) == 2 and U.batch_for_data(5000, 1) == 1  # never more than fits
-
-
-def test_downscale_keeps_the_picture_and_the_person_share():
-    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    x[1] = torch.tensor([0.2, 0.5, 0.9]).view(3, 1, 1)  # a flat colour
-    y = torch.zeros(2, 1, 32, 32)
-    y[0, :, 8:24, 4:20] = 1
-    xs, ys = U.downscale(x, y, 16)
-    assert xs.shape == (2, 3, 16, 16) and ys.shape == (2, 1, 16, 16)
-    assert torch.allclose(xs.mean((2, 3)), x.mean((2, 3)), atol=5e-3)  # antialiased: the average colour stays
-    assert torch.allclose(xs[1], x[1, :, :16, :16])  # a flat colour stays exactly that colour
-    assert torch.allclose(ys.mean((2, 3)), y.mean((2, 3)))  # area-averaged masks keep each image's coverage
-    assert ys[0, 0, 4:12, 2:10].eq(1).all() and ys[1].eq(0).all()
-
-
-def test_progressive_resizing_trains_the_first_epochs_small_and_validates_at_full_size(UNet, demo_ds, tmp_path):
-    tr, va = loaders(demo_ds)
-    model = UNet(base=8)
-    sizes = []  # (training?, side) of every batch the model sees
-    model.register_forward_pre_hook(lambda m, args: sizes.append((m.training, args[0].shape[-1])))
-    U.seed_everything(0)
-    h = U.train(model, tr, va, cfg(3, low_res=32, low_res_epochs=2), tmp_path, CPU)
-    side = demo_ds.size
-    per_epoch = len(tr) + len(va)
-    for epoch in range(3):
-        seen = sizes[epoch * per_epoch:(epoch + 1) * per_epoch]
-        assert seen[:len(tr)] == [(True, 32 if epoch < 2 else side)] * len(tr)
-        assert seen[len(tr):] == [(False, side)] * len(va)
-    assert all(np.isfinite(h["train_loss"]))
 
 
 def test_final_fit_without_validation_follows_the_same_recipe_and_keeps_the_last_weights(UNet, demo_ds, tmp_path,

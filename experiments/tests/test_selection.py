@@ -13,20 +13,20 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
     shutil.copytree(demo_root / "train", data / "train")  # no test folder at all: it must never be needed
     out = tmp_path / "sel"
     cmd = [sys.executable, str(ROOT / "experiments" / "selection.py"), str(data), "tiny", "--seeds", "0", "1",
-           "--jobs", "2", "--ema", "0.9", "-s", "EPOCHS=1", "-s", "IMG_SIZE=64", "-s", "BASE_CHANNELS=8",
+           "--jobs", "2", "-s", "EPOCHS=1", "-s", "IMG_SIZE=64", "-s", "BASE_CHANNELS=8",
            "-s", "CONT_EPOCHS=1", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     for seed in (0, 1):
         r = json.loads((out / f"tiny_s{seed}.json").read_text())
-        assert r["config"]["EPOCHS"] == 1 and r["config"]["IMG_SIZE"] == 64 and r["config"]["EMA"] == 0.9
-        assert set(r["scores"]) == {"best", "best_ms", "last", "last_raw", "cont"} and r["cont_minutes"] > 0
+        assert r["config"]["EPOCHS"] == 1 and r["config"]["IMG_SIZE"] == 64
+        assert set(r["scores"]) == {"best", "best_ms", "last", "cont"} and r["cont_minutes"] > 0
         assert (out / "runs" / f"tiny_s{seed}" / "cont" / "last.pt").exists()  # the continuation trained and saved
         assert all(len(v) == r["n_val"] and all(0 <= d <= 1 for d in v) for v in r["scores"].values())
     splits = [json.loads((out / f"tiny_s{s}.json").read_text())["scores"]["best"] for s in (0, 1)]
     assert splits[0] != splits[1]  # two seeds, two different runs
     table = run.stdout[run.stdout.index("| configuration"):]
-    assert "| tiny | 0,1 | best | " in table and "EMA gain (last − last_raw)" in table
+    assert "| tiny | 0,1 | best | " in table and "| tiny | 0,1 | last | " in table
     bad = subprocess.run([*cmd[:4], "-s", "NOPE=1"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown setting NOPE" in bad.stderr
     # --ensemble rebuilds each seed's split: a model's own score comes back, and averaging it with itself is a no-op
@@ -37,12 +37,12 @@ def test_selection_trains_seeds_on_training_data_only_and_summarises(demo_root, 
         d = f"{sum(scores) / len(scores):.4f}"
         assert f"seed {seed}: tiny {d}  tiny {d}  average {d}" in ens.stdout
     assert "average minus tiny, paired: +0.0000 ± 0.0000" in ens.stdout
-    # NAME:VARIANT picks other weights of a run: the raw last weights score what the run recorded for them
-    ens = subprocess.run([*cmd[:3], "--ensemble", "tiny:last_raw", "tiny", "--seeds", "0", "--out", str(out)],
+    # NAME:VARIANT picks other weights of a run: the last weights score what the run recorded for them
+    ens = subprocess.run([*cmd[:3], "--ensemble", "tiny:last", "tiny", "--seeds", "0", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert ens.returncode == 0, ens.stderr[-2000:]
-    raw = json.loads((out / "tiny_s0.json").read_text())["scores"]["last_raw"]
-    assert f"seed 0: tiny:last_raw {sum(raw) / len(raw):.4f}  tiny {sum(splits[0]) / len(splits[0]):.4f}" in ens.stdout
+    last = json.loads((out / "tiny_s0.json").read_text())["scores"]["last"]
+    assert f"seed 0: tiny:last {sum(last) / len(last):.4f}  tiny {sum(splits[0]) / len(splits[0]):.4f}" in ens.stdout
     # a model trained on fewer images (TRAIN_FRAC) is scored with its own run's channel stats: its record comes back
     half = subprocess.run([*cmd[:3], "half", "--seeds", "0", "-s", "TRAIN_FRAC=0.5", *cmd[7:], "-s", "AVG_LAST=1"],
                           capture_output=True, text=True, timeout=600)
@@ -168,13 +168,12 @@ def test_architecture_candidates_change_only_what_they_claim():
     assert set(missing.unexpected_keys) == {f"heads.{i}.{p}" for i in range(3) for p in ("weight", "bias")}
     x, y = torch.randn(2, 3, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
     assert torch.equal(ds(x), plain(x)) and ds.aux == []  # inference is the notebook's U-Net, heads unused
-    selection.DeepSupLoss.model = ds
-    base_loss = selection.U.DiceBCELoss()
-    assert torch.equal(selection.DeepSupLoss()(ds(x), y), base_loss(ds(x), y))  # eval (validation): main term only
+    deep_loss, base_loss = selection.DeepSupLoss(ds), selection.U.DiceBCELoss()
+    assert torch.equal(deep_loss(ds(x), y), base_loss(ds(x), y))  # eval (validation): main term only
     ds.train()
     out = ds(x)
     assert [a.shape[-1] for a in ds.aux] == [16, 8, 4]  # 1/2, 1/4, 1/8 of the input, finest first
-    assert selection.DeepSupLoss()(out, y) > base_loss(out, y)  # the aux terms are added in training
+    assert deep_loss(out, y) > base_loss(out, y)  # the aux terms are added in training
     deep = selection.build_unet(dict(selection.DEFAULTS, BASE_CHANNELS=4, DEPTH=5))  # the notebook's depth argument
     assert type(deep).__name__ == "UNet" and deep.depth == len(deep.downs) == 5
     assert selection.build_unet({k: v for k, v in selection.DEFAULTS.items() if k != "DEPTH"}).depth == 4  # old files
