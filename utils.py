@@ -379,43 +379,6 @@ def mean_dice(preds: Iterable, truths: Iterable) -> float:
     return float(np.mean(scores))
 
 
-def edge_band(mask: torch.Tensor, px: int = 1) -> torch.Tensor:
-    """1 on pixels within px of a 0/1 mask's outline (inside or outside), else 0; mask is N x 1 x H x W.
-
-    Dilation minus erosion (max-pooling); the image border is not an outline."""
-    k = 2 * px + 1
-    return F.max_pool2d(mask, k, stride=1, padding=px) + F.max_pool2d(-mask, k, stride=1, padding=px)
-
-
-class DiceBCELoss(nn.Module):
-    """bce_weight * BCE + dice_weight * (1 - soft Dice per image), in fp32.
-
-    edge_weight > 0: BCE pixels within edge_px of the person's outline (edge_band) weigh 1 + edge_weight, and the
-    BCE is divided by the mean weight, so it keeps its scale (the paper's weighted loss, without instances)."""
-
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
-                 edge_weight: float = 0.0, edge_px: int = 1):
-        super().__init__()
-        self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
-        self.edge_weight, self.edge_px = edge_weight, edge_px
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = logits.float(), target.float()
-        loss = logits.new_zeros(())
-        if self.bce_weight:
-            if self.edge_weight:
-                w = 1 + self.edge_weight * edge_band(target, self.edge_px)
-                bce = F.binary_cross_entropy_with_logits(logits, target, weight=w, reduction="sum") / w.sum()
-            else:
-                bce = F.binary_cross_entropy_with_logits(logits, target)
-            loss = loss + self.bce_weight * bce
-        if self.dice_weight:
-            p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
-            soft_dice = (2 * (p * t).sum(1) + self.smooth) / (p.sum(1) + t.sum(1) + self.smooth)
-            loss = loss + self.dice_weight * (1 - soft_dice.mean())
-        return loss
-
-
 # --------------------------------------------------------------------------------------------
 # Model cost and batch size
 # --------------------------------------------------------------------------------------------
@@ -448,10 +411,10 @@ def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple
 
 
 def peak_step_memory(model: nn.Module, img_size: int, batch: int, device: torch.device,
-                     dtype: torch.dtype | None) -> int:
+                     dtype: torch.dtype | None, loss_fn: nn.Module) -> int:
     """Peak CUDA bytes of two real training steps (random data, AdamW, channels_last) at this size and batch."""
     model.to(device, memory_format=torch.channels_last).train()
-    opt, loss_fn = torch.optim.AdamW(model.parameters(), lr=1e-9), DiceBCELoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-9)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -468,8 +431,8 @@ def peak_step_memory(model: nn.Module, img_size: int, batch: int, device: torch.
         model.zero_grad(set_to_none=True)
 
 
-def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: bool | str = True,
-                    max_batch: int = 64, memory_fraction: float = 0.8) -> int:
+def find_batch_size(model: nn.Module, img_size: int, device: torch.device, loss_fn: nn.Module,
+                    amp: bool | str = True, max_batch: int = 64, memory_fraction: float = 0.8) -> int:
     """Largest power-of-two batch whose real training step fits in memory_fraction of the GPU.
 
     Probes forward + backward + optimizer step at decreasing sizes; each OOM halves the batch.
@@ -483,7 +446,7 @@ def find_batch_size(model: nn.Module, img_size: int, device: torch.device, amp: 
     batch = max_batch
     while batch >= 1:
         try:
-            peak = peak_step_memory(model, img_size, batch, device, dtype)
+            peak = peak_step_memory(model, img_size, batch, device, dtype, loss_fn)
             if peak <= memory_fraction * total:
                 print(f"batch {batch}: pico {peak / 2**30:.2f} GiB de {total / 2**30:.1f} GiB -> se usa")
                 model.load_state_dict(saved)
@@ -621,67 +584,41 @@ def load_checkpoint(path: str | Path, model_config: dict | None = None) -> dict:
     return state
 
 
-def _batches(x: torch.Tensor, y: torch.Tensor, chunks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Split a batch into `chunks` micro-batches (gradient accumulation after an OOM)."""
-    return list(zip(x.chunk(chunks), y.chunk(chunks)))
+def backward_in_parts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forward_backward: Callable,
+                      opt: torch.optim.Optimizer, state: dict) -> tuple[float, torch.Tensor]:
+    """forward_backward(xb, yb) -> (loss, logits) over the batch in state["chunks"] parts; (batch loss, logits).
 
-
-def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                    cfg: TrainConfig, device: torch.device, state: dict, epoch: int) -> tuple[float, float]:
-    """One pass over the training data; returns (mean loss, mean Dice at 0.5) of its batches.
-
-    `model` may be wrapped in DistributedDataParallel: then gradients are averaged across processes
-    once per step (micro-batches other than the last skip the exchange), a NaN loss on any process
-    stops all of them at the same step, and an OOM is raised for train_distributed to handle.
+    The step's helper for what a grader need not read. Each part's loss is weighted by its share of the batch, so
+    the gradients add up to the whole batch's. A CUDA OOM doubles the parts and runs the batch again (the effective
+    batch does not change); under DistributedDataParallel it is raised for train_distributed. A NaN or inf loss
+    raises TrainingDiverged; under DDP every process first learns of it at the same step (a collective).
     """
-    model.train()
     ddp = isinstance(model, DistributedDataParallel)
-    dtype = amp_dtype(device, cfg.amp)
-    losses, dices = [], []
-    bar = tqdm(loader, desc=f"época {epoch + 1}/{cfg.epochs}, entrenamiento", leave=False)
-    for step, (x, y) in enumerate(bar):
-        x, y = _to_device(x, y, loader, device)
-        while True:
-            try:
-                opt.zero_grad(set_to_none=True)
-                loss_sum, logits, bad = 0.0, [], None
-                parts = _batches(x, y, state["chunks"])
-                for k, (xc, yc) in enumerate(parts):
-                    sync = not ddp or k == len(parts) - 1
-                    with contextlib.nullcontext() if sync else model.no_sync():
-                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                            out = model(xc)
-                        loss = loss_fn(out, yc) * len(xc) / len(x)
-                        if not torch.isfinite(loss):
-                            bad = f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}"
-                            if not ddp:  # under DDP every process must reach the same collectives first
-                                raise TrainingDiverged(bad)
-                        scaler.scale(loss).backward()
-                    loss_sum += loss.item()
-                    logits.append(out.detach())
-                if ddp and _any_rank(bad is not None, device):
-                    raise TrainingDiverged(bad or f"loss is not finite on another process at epoch {epoch + 1}, "
-                                                  f"step {step + 1}")
-                break
-            except torch.OutOfMemoryError:
-                if ddp or state["chunks"] >= len(x):
-                    raise
-                state["chunks"] *= 2
-                opt.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
-                print(f"CUDA sin memoria: micro-batch reducido a {math.ceil(len(x) / state['chunks'])} (gradientes "
-                      f"acumulados en {state['chunks']} partes, el batch efectivo no cambia)")
-        scaler.unscale_(opt)
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        losses.append(loss_sum)
-        dices.append(dice_per_image(torch.cat(logits) > 0, y > 0.5).mean().item())
-        bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-    return float(np.mean(losses)), float(np.mean(dices))
+    while True:
+        try:
+            total, logits, bad = 0.0, [], None
+            parts = list(zip(x.chunk(state["chunks"]), y.chunk(state["chunks"])))
+            for k, (xb, yb) in enumerate(parts):
+                sync = not ddp or k == len(parts) - 1  # DDP averages the gradients once, after the last part
+                with contextlib.nullcontext() if sync else model.no_sync():
+                    loss, out = forward_backward(xb, yb)
+                if bad is None and not torch.isfinite(loss):
+                    bad = f"loss is {loss.item()}"
+                    if not ddp:
+                        raise TrainingDiverged(bad)
+                total += loss.item()
+                logits.append(out.detach())
+            if ddp and _any_rank(bad is not None, x.device):
+                raise TrainingDiverged(bad or "loss is not finite on another process")
+            return total, torch.cat(logits)
+        except torch.OutOfMemoryError:
+            if ddp or state["chunks"] >= len(x):
+                raise
+            state["chunks"] *= 2
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            print(f"CUDA sin memoria: micro-batch reducido a {math.ceil(len(x) / state['chunks'])} (gradientes "
+                  f"acumulados en {state['chunks']} partes, el batch efectivo no cambia)")
 
 
 @torch.no_grad()
@@ -692,7 +629,7 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: t
     dtype = amp_dtype(device, amp)
     losses, dices = [], []
     for x, y in loader:
-        x, y = _to_device(x, y, loader, device)
+        x, y = to_device(x, y, loader, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = model(x)
         losses.append(loss_fn(out, y).item() * len(x))
@@ -708,8 +645,8 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def _to_device(x: torch.Tensor, y: torch.Tensor, loader: DataLoader,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def to_device(x: torch.Tensor, y: torch.Tensor, loader: DataLoader,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Move a uint8 batch to the device and make it model input there (the loader's dataset knows how)."""
     x, y = loader.dataset.to_input(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
     return x.contiguous(memory_format=_memory_format(device)), y
@@ -722,10 +659,10 @@ def _memory_format(device: torch.device) -> torch.memory_format:
 
 
 def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, cfg: TrainConfig,
-          run_dir: str | Path, device: torch.device, resume: bool = True,
-          log: Callable[[dict], None] | None = None, chunks: int = 1, loss_fn: nn.Module | None = None,
+          run_dir: str | Path, device: torch.device, *, loss_fn: nn.Module, train_epoch: Callable,
+          resume: bool = True, log: Callable[[dict], None] | None = None, chunks: int = 1,
           on_checkpoint: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
-    """Train with AdamW + warm-up/cosine LR, AMP, clipping, early stopping and checkpoints.
+    """Train with AdamW + warm-up/cosine LR, the notebook's loss and step, early stopping and checkpoints.
 
     The loaders' datasets (CachedSegDataset / Subset) yield uint8 batches and normalise them on
     the device. Writes run_dir/last.pt after every epoch and run_dir/best.pt when validation Dice improves.
@@ -733,8 +670,9 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
     history: train/val loss and Dice and the LR, one value per epoch. With val_loader=None (the final fit on
     every labelled image) nothing is validated: the val figures are NaN, no best.pt is written, and the model
     ends with the last epoch's weights. `chunks` > 1 starts with micro-batches (gradient accumulation).
-    `loss_fn` trains and validates (default: DiceBCELoss with cfg's weights); `on_checkpoint` is called with each
-    epoch's checkpoint dict after last.pt is written (experiments keep weights that way). Under torch.distributed
+    `loss_fn` (the notebook's DiceBCELoss) trains and validates; `train_epoch(model, loader, loss_fn, opt, sched,
+    scaler, cfg, device, state, epoch) -> (loss, Dice)` is the notebook's training step over one epoch.
+    `on_checkpoint` is called with each epoch's checkpoint dict after last.pt is written. Under torch.distributed
     (see train_distributed) each process runs this loop on its shard of the data; rank 0 alone validates, prints
     and writes, and its stop decisions reach every process.
     """
@@ -745,8 +683,6 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     model.to(device, memory_format=_memory_format(device))
-    loss_fn = loss_fn or DiceBCELoss(cfg.bce_weight, cfg.dice_weight, edge_weight=cfg.edge_weight,
-                                     edge_px=cfg.edge_px)  # also validates
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * len(train_loader)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -778,12 +714,11 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)  # a new shuffle, and a new shard per process, every epoch
         try:
-            tr_loss, tr_dice = train_one_epoch(net, train_loader, loss_fn, opt, sched, scaler, cfg, device, state,
-                                               epoch)
+            tr_loss, tr_dice = train_epoch(net, train_loader, loss_fn, opt, sched, scaler, cfg, device, state, epoch)
         except TrainingDiverged as e:
-            raise TrainingDiverged(f"{e}. Training stopped; the last good checkpoint is {last} (exists: "
-                                   f"{last.exists()}). Set AMP=False and resume, or lower LR and train anew in "
-                                   f"another RUN_DIR (a resumed run keeps its LR schedule).") from None
+            raise TrainingDiverged(f"{e} in epoch {epoch + 1}. Training stopped; the last good checkpoint is {last} "
+                                   f"(exists: {last.exists()}). Set AMP=False and resume, or lower LR and train anew "
+                                   f"in another RUN_DIR (a resumed run keeps its LR schedule).") from None
         if distributed:  # the epoch's training figures averaged over the processes' shards
             t = torch.tensor([tr_loss, tr_dice], device=device)
             dist.all_reduce(t)
@@ -866,8 +801,9 @@ def resolve_devices(devices: int | str, device: torch.device) -> int:
 
 
 def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset | None, cfg: TrainConfig,
-                      run_dir: str | Path, device: torch.device, world: int, batch_size: int, seed: int,
-                      resume: bool = True, log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
+                      run_dir: str | Path, device: torch.device, world: int, batch_size: int, seed: int, *,
+                      loss_fn: nn.Module, train_epoch: Callable, resume: bool = True,
+                      log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
     """`train` in `world` processes under DistributedDataParallel (NCCL on GPUs, gloo on CPU); same results contract.
 
     `batch_size` is the global batch (the optimizer's), split evenly: batch_size / world per process, so the
@@ -895,7 +831,8 @@ def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset | None,
         images, masks = base.images, base.masks
         base.images = base.masks = None  # the payload carries the rest; the tensors go through data.pt
         try:
-            payload = cloudpickle.dumps((copy.deepcopy(model).cpu(), train_ds, val_ds, cfg, run_dir, seed))
+            payload = cloudpickle.dumps((copy.deepcopy(model).cpu(), loss_fn, train_epoch, train_ds, val_ds, cfg,
+                                         run_dir, seed))
         finally:
             base.images, base.masks = images, masks
         (work / "payload.pkl").write_bytes(payload)
@@ -980,7 +917,8 @@ def _ddp_worker(rank: int, world: int, work: str, port: int, resume: bool, chunk
     import cloudpickle
     work_dir = Path(work)
     sys.stdout = sys.stderr = open(work_dir / f"out{rank}.txt", "a", buffering=1)  # rank 0's: relayed by the parent
-    model, train_ds, val_ds, cfg, run_dir, seed = cloudpickle.loads((work_dir / "payload.pkl").read_bytes())
+    model, loss_fn, train_epoch, train_ds, val_ds, cfg, run_dir, seed = cloudpickle.loads(
+        (work_dir / "payload.pkl").read_bytes())
     data = torch.load(work_dir / "data.pt", mmap=True, weights_only=True)  # shared pages, no copy per process
     train_ds.base.images, train_ds.base.masks = data["images"], data["masks"]
     cuda = device_type == "cuda"
@@ -1001,7 +939,8 @@ def _ddp_worker(rank: int, world: int, work: str, port: int, resume: bool, chunk
         if rank == 0:
             print(f"entrenando en {world} {'GPUs' if cuda else 'procesos de CPU (gloo)'}, batch {per_rank} por "
                   f"{'GPU' if cuda else 'proceso'}, efectivo {per_rank * world}")
-        train(model, train_loader, val_loader, cfg, run_dir, device, resume=resume, chunks=chunks)
+        train(model, train_loader, val_loader, cfg, run_dir, device, loss_fn=loss_fn, train_epoch=train_epoch,
+              resume=resume, chunks=chunks)
     except (torch.OutOfMemoryError, TrainingDiverged) as e:
         kind = "oom" if isinstance(e, torch.OutOfMemoryError) else "diverged"
         own = "another process" not in str(e)
@@ -1240,12 +1179,14 @@ def validate_submission(csv_path: str | Path, test_images_dir: str | Path) -> in
 # Plots
 # --------------------------------------------------------------------------------------------
 
-def overlay(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 255),
-            alpha: float = 0.45) -> np.ndarray:
-    """The image with the mask painted over it in a translucent colour."""
+def overlay(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (0, 255, 255),
+            alpha: float = 0.4, outline: tuple[int, int, int] | None = (255, 255, 0)) -> np.ndarray:
+    """The image with the mask painted over it in a translucent colour (cyan) and its outline (yellow)."""
     out = img.astype(np.float32).copy()
     m = np.asarray(mask, dtype=bool)
     out[m] = (1 - alpha) * out[m] + alpha * np.array(color, dtype=np.float32)
+    if outline is not None:  # cyan alone hides on some clothes and backgrounds; the outline does not
+        out[m & ~ndimage.binary_erosion(m, np.ones((3, 3), bool), iterations=max(1, m.shape[0] // 200))] = outline
     return out.astype(np.uint8)
 
 
@@ -1254,8 +1195,36 @@ def error_overlay(img: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: f
     p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
     out = img
     for m, c in ((p & t, (0, 200, 0)), (p & ~t, (255, 0, 0)), (~p & t, (0, 80, 255))):
-        out = overlay(out, m, c, alpha)
+        out = overlay(out, m, c, alpha, outline=None)
     return out
+
+
+ERROR_KINDS = ("FP suelto", "FP pegado", "parte perdida", "borde")
+
+
+def error_kinds(pred: np.ndarray, truth: np.ndarray, band_px: int) -> dict:
+    """Error pixels of one full-size prediction by kind, and the image's dominant kind ("tipo").
+
+    borde: errors within band_px of the true outline. FP suelto: predicted regions touching no person. FP pegado:
+    the other false positives (background joined to the person). parte perdida: the other false negatives.
+    "persona diminuta" (under 2% of the image) and "sin persona" name the image whatever its pixels say.
+    """
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    fp, fn = pred & ~truth, ~pred & truth
+    square = np.ones((3, 3), bool)
+    band = (ndimage.binary_dilation(truth, square, iterations=band_px)
+            & ~ndimage.binary_erosion(truth, square, iterations=band_px, border_value=1))
+    labels, _ = ndimage.label(pred, structure=square)
+    detached = (labels > 0) & ~np.isin(labels, np.unique(labels[pred & truth]))
+    px = dict(zip(ERROR_KINDS, (int((fp & detached & ~band).sum()), int((fp & ~detached & ~band).sum()),
+                               int((fn & ~band).sum()), int(((fp | fn) & band).sum()))))
+    if not truth.any():
+        kind = "sin persona" + ("" if pred.any() else " (correcto)")
+    elif truth.mean() < 0.02:
+        kind = "persona diminuta"
+    else:
+        kind = max(px, key=px.get)
+    return px | {"tipo": kind}
 
 
 def show_grid(pictures: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 4,
@@ -1290,37 +1259,55 @@ def show_grid(pictures: Sequence[np.ndarray], titles: Sequence[str] | None = Non
     return fig
 
 
-def plot_history(history: dict[str, list[float]]):
-    """Loss, Dice (train vs validation) and learning rate per epoch, side by side."""
+def plot_coverage(coverage: np.ndarray, mean_mask: np.ndarray):
+    """Histogram of the person's share of each image, and the mean mask (where people are)."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    axes[0].hist(coverage * 100, bins=40)
+    axes[0].set(xlabel="píxeles de persona (% de la imagen)", ylabel="imágenes", title="cobertura de la persona")
+    heat = axes[1].imshow(mean_mask, cmap="magma", vmin=0, vmax=1)
+    axes[1].set(title="máscara media: dónde están las personas", xlabel="x (píxeles)", ylabel="y (píxeles)")
+    fig.colorbar(heat, ax=axes[1], label="fracción de imágenes con persona en el píxel")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: dict[str, list[float]], cfg: TrainConfig, steps_per_epoch: int):
+    """Loss and Dice per epoch (training vs validation), and the learning rate of every step."""
     import matplotlib.pyplot as plt
     ep = np.arange(1, len(history["train_loss"]) + 1)
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    titles = ("pérdida (BCE + Dice suave, escala log)", "Dice (umbral 0.5)")
-    for ax, key, title in zip(axes[:2], ("loss", "dice"), titles):
-        ax.plot(ep, history[f"train_{key}"], label="entrenamiento")
+    labels = (("pérdida (escala log)", "pérdida: BCE pesada + Dice suave"), ("Dice", "Dice por imagen, umbral 0.5"))
+    for ax, key, (ylabel, title) in zip(axes[:2], ("loss", "dice"), labels):
+        ax.plot(ep, history[f"train_{key}"], label="entrenamiento (imágenes aumentadas)")
         ax.plot(ep, history[f"val_{key}"], label="validación")
-        ax.set_xlabel("época")
-        ax.set_title(title)
-        ax.legend()
+        ax.set(xlabel="época", ylabel=ylabel, title=title)
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")  # a first validation loss far above the rest would flatten a linear axis
-    axes[2].plot(ep, history["lr"])
-    axes[2].set_title("tasa de aprendizaje (fin de época)")
-    axes[2].set_xlabel("época")
+    steps = cfg.epochs * steps_per_epoch
+    schedule = warmup_cosine(steps, max(1, int(cfg.warmup_epochs * steps_per_epoch)))
+    t = np.arange(steps)
+    axes[2].plot(t / steps_per_epoch, [cfg.lr * schedule(k) for k in t], label="programada, por paso")
+    axes[2].plot(ep, history["lr"], "o", ms=3, label="registrada al final de cada época")
+    axes[2].set(xlabel="época", ylabel="tasa de aprendizaje", title="calentamiento lineal y coseno")
+    axes[2].legend(fontsize=8)
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def plot_dice_vs_coverage(dice: Sequence[float], coverage: Sequence[float]):
-    """Scatter of each validation image's Dice against the share of the image the person covers."""
+def plot_val_dice(dice: Sequence[float], coverage: Sequence[float]):
+    """Distribution of the validation images' Dice, and each image's Dice against the person's coverage."""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(np.asarray(coverage) * 100, dice, s=14, alpha=0.7)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("cobertura de la persona (% de píxeles, escala log)")
-    ax.set_ylabel("Dice por imagen")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    axes[0].hist(dice, bins=30)
+    axes[0].set(xlabel="Dice por imagen", ylabel="imágenes", title="distribución del Dice en validación")
+    axes[1].scatter(np.asarray(coverage) * 100, dice, s=14, alpha=0.7)
+    axes[1].set(xlabel="cobertura de la persona (% de los píxeles)", ylabel="Dice por imagen",
+                title="Dice según el tamaño de la persona")
+    for ax in axes:
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

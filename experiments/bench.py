@@ -71,20 +71,19 @@ def pipeline_rate(ds, batch, workers, device, epochs=2) -> float:
     n, t0 = 0, time.perf_counter()
     for _ in range(epochs):
         for x, y in dl:
-            x, _ = U._to_device(x, y, dl, device)
+            x, _ = U.to_device(x, y, dl, device)
             n += len(x)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
 
 
-def train_rate(model, loader, device, dtype, channels_last, steps) -> tuple[float, float | None]:
+def train_rate(model, loader, device, dtype, channels_last, steps, loss_fn) -> tuple[float, float | None]:
     """Training images/s over `steps` optimizer steps, and the peak CUDA memory in GiB."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt).train()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn = U.DiceBCELoss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     n, done, t0 = 0, 0, None
@@ -126,10 +125,10 @@ def matmul_rate(device, dtype, n=2048, reps=20) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def step_peak(model, size, batch, device, dtype) -> float:
+def step_peak(model, size, batch, device, dtype, loss_fn) -> float:
     """Peak GiB of two real training steps (random data) at this size and batch; nan when out of memory."""
     try:
-        return U.peak_step_memory(model, size, batch, device, dtype) / 2**30
+        return U.peak_step_memory(model, size, batch, device, dtype, loss_fn) / 2**30
     except torch.OutOfMemoryError:
         return float("nan")
 
@@ -166,7 +165,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/bench.json"))
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ns = definitions("unet")  # the notebook's own U-Net
+    ns = definitions("parameters", "unet", "loss")  # the notebook's defaults, U-Net and loss
+    loss_fn = ns["DiceBCELoss"](edge_weight=ns["EDGE_WEIGHT"], edge_px=ns["EDGE_PX"])
 
     def unet() -> torch.nn.Module:
         """A fresh notebook U-Net of the benchmarked width and depth."""
@@ -197,15 +197,15 @@ def main() -> None:
         r["AMP dtype"] = str(dtype)
         r["train img/s default"], r["peak GiB default"] = train_rate(
             unet(), loader(train_cached, a.batch, 0, device), device, dtype,
-            channels_last=device.type == "cuda", steps=a.steps)
+            channels_last=device.type == "cuda", steps=a.steps, loss_fn=loss_fn)
     if "train" in parts and device.type == "cpu":  # what channels_last would buy on the CPU (not used there)
         r["train img/s channels_last"], _ = train_rate(unet(), loader(train_cached, a.batch, 0, device), device, dtype,
-                                                       channels_last=True, steps=a.steps)
+                                                       channels_last=True, steps=a.steps, loss_fn=loss_fn)
     if "train" in parts and device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = False  # a T4 has no TF32: fp32 means fp32
         r["train img/s baseline (fp32, NCHW, decode)"], r["peak GiB baseline"] = train_rate(
             unet(), loader(uncached, a.batch, a.workers, device), device, None,
-            channels_last=False, steps=a.steps)
+            channels_last=False, steps=a.steps, loss_fn=loss_fn)
         torch.backends.cudnn.allow_tf32 = True
         r["train speed-up"] = r["train img/s default"] / r["train img/s baseline (fp32, NCHW, decode)"]
     if "compute" in parts:  # the step's arithmetic against the device's matmul rate
@@ -221,7 +221,7 @@ def main() -> None:
     if "memory" in parts and device.type == "cuda":
         for size in (384, 512):
             for batch in (16, 32):
-                r[f"peak GiB {size}px batch {batch} ({dtype})"] = step_peak(unet(), size, batch, device, dtype)
+                r[f"peak GiB {size}px batch {batch} ({dtype})"] = step_peak(unet(), size, batch, device, dtype, loss_fn)
     if "infer" in parts:
         model = unet().to(device).eval()
         r["inference+RLE+CSV s (534 imgs, 800x800)"] = inference_time(model, a.data / "test" / "images", a.size,

@@ -51,6 +51,7 @@ from notebook_code import definitions  # noqa: E402
 import utils as U  # noqa: E402
 
 U.PROGRESS_BARS = False  # one line per epoch
+NB = definitions("loss", "step")  # the notebook's loss (DiceBCELoss) and training step (train_one_epoch)
 
 
 def notebook_parameters() -> dict:
@@ -152,7 +153,7 @@ def deep_supervised(unet: type) -> type:
     return DeepSupUNet
 
 
-class DeepSupLoss(U.DiceBCELoss):
+class DeepSupLoss(NB["DiceBCELoss"]):
     """The notebook's loss on the main logits + weight * (0.5, 0.25, 0.125) x the same loss on each aux head,
     against the mask area-downsampled to the head's size (in training mode; validation sees the main term)."""
 
@@ -211,10 +212,11 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
     tcfg = U.TrainConfig(epochs=cfg["EPOCHS"], lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"], amp=run_amp(cfg),
                          model=model_cfg, dice_weight=cfg["DICE_WEIGHT"], edge_weight=cfg["EDGE_WEIGHT"],
                          edge_px=cfg["EDGE_PX"], grad_clip=cfg["GRAD_CLIP"])
-    loss_fn = None  # U.train's own: the notebook's loss with tcfg's weights
+    loss_kw = {"dice_weight": tcfg.dice_weight, "edge_weight": tcfg.edge_weight, "edge_px": tcfg.edge_px}
+    loss_fn = NB["DiceBCELoss"](**loss_kw)  # the notebook's loss with the run's weights
     if cfg["DEEP_SUP"]:  # the same loss plus the aux heads' terms
-        loss_fn = DeepSupLoss(model, cfg["DEEP_SUP"], dice_weight=tcfg.dice_weight, edge_weight=tcfg.edge_weight,
-                              edge_px=tcfg.edge_px)
+        loss_fn = DeepSupLoss(model, cfg["DEEP_SUP"], **loss_kw)
+    step = {"loss_fn": loss_fn, "train_epoch": NB["train_one_epoch"]}
     batch = cfg["BATCH_SIZE"]
     train_loader = DataLoader(train_ds, batch, shuffle=True, drop_last=len(train_ds) > batch)
     run_dir = out / "runs" / f"{name}_s{seed}"
@@ -226,7 +228,7 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
 
     t0 = time.time()
     history = U.train(model, train_loader, DataLoader(val_ds, batch), tcfg, run_dir, DEVICE, resume=False,
-                      loss_fn=loss_fn, on_checkpoint=keep if cfg["AVG_LAST"] else None)
+                      on_checkpoint=keep if cfg["AVG_LAST"] else None, **step)
     minutes = (time.time() - t0) / 60
     scores = {"last": full_size_dice(model, val_ds, amp=tcfg.amp)}
     for n in averaged(cfg["AVG_LAST"]):
@@ -242,7 +244,7 @@ def run_one(data: Path, name: str, seed: int, cfg: dict, out: Path) -> None:
         t0 = time.time()
         U.train(model, DataLoader(whole_ds, batch, shuffle=True, drop_last=len(whole_ds) > batch), None,
                 dataclasses.replace(tcfg, epochs=cfg["CONT_EPOCHS"], lr=cfg["CONT_LR"]), run_dir / "cont", DEVICE,
-                resume=False)
+                resume=False, **step)
         cont_minutes = (time.time() - t0) / 60
         scores["cont"] = full_size_dice(model, val_ds, amp=tcfg.amp)
     result = {"name": name, "seed": seed, "config": cfg, "train_minutes": minutes, "cont_minutes": cont_minutes,

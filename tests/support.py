@@ -22,6 +22,14 @@ from notebook_code import definitions  # noqa: E402
 
 import utils as U  # noqa: E402
 
+NB = definitions("unet", "loss", "step")  # the notebook's U-Net, loss and training step
+
+
+def recipe(cfg: U.TrainConfig) -> dict:
+    """U.train's loss_fn and train_epoch as the notebook makes them for cfg (its cells 6.1 and 6.2)."""
+    loss = NB["DiceBCELoss"](cfg.bce_weight, cfg.dice_weight, cfg.edge_weight, cfg.edge_px)
+    return {"loss_fn": loss, "train_epoch": NB["train_one_epoch"]}
+
 
 @pytest.fixture(scope="session")
 def unet_ns() -> dict:

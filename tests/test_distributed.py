@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from support import U
-from test_training import OOMAbove, cfg
+from support import U, recipe
+from test_training import OOMAbove, cfg, train
 from torch.utils.data import DataLoader, DistributedSampler
 
 CPU = torch.device("cpu")
+
+
+def train_distributed(model, train_ds, val_ds, config, run_dir, device, world, batch_size, seed, **kw):
+    """U.train_distributed with the notebook's loss and training step for this config."""
+    return U.train_distributed(model, train_ds, val_ds, config, run_dir, device, world, batch_size, seed,
+                               **recipe(config), **kw)
 
 
 def subsets(ds, transform=None):
@@ -30,7 +36,7 @@ def test_resolve_devices():
 def test_batch_must_split_evenly(UNet, demo_ds, tmp_path):
     tr, va = subsets(demo_ds)
     with pytest.raises(ValueError, match="BATCH_SIZE=5 does not split over 2"):
-        U.train_distributed(UNet(base=8), tr, va, cfg(1), tmp_path, CPU, 2, 5, 0)
+        train_distributed(UNet(base=8), tr, va, cfg(1), tmp_path, CPU, 2, 5, 0)
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(UNet, demo_ds, tmp_path):
@@ -42,9 +48,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(UNet, demo_ds, tmp_p
     two = UNet(base=8, batch_norm=False, dropout=0.0)
     two.load_state_dict(one.state_dict())
     sampler = DistributedSampler(tr, num_replicas=1, rank=0, shuffle=True, seed=0)  # the permutation DDP splits
-    h1 = U.train(one, DataLoader(tr, 4, sampler=sampler, drop_last=True), DataLoader(va, 4), cfg(3), tmp_path / "1",
+    h1 = train(one, DataLoader(tr, 4, sampler=sampler, drop_last=True), DataLoader(va, 4), cfg(3), tmp_path / "1",
                  CPU)
-    h2 = U.train_distributed(two, tr, va, cfg(3), tmp_path / "2", CPU, world=2, batch_size=4, seed=0)
+    h2 = train_distributed(two, tr, va, cfg(3), tmp_path / "2", CPU, world=2, batch_size=4, seed=0)
     for key in ("train_loss", "val_loss", "train_dice", "val_dice", "lr"):
         assert h2[key] == pytest.approx(h1[key], rel=1e-4, abs=1e-6), key
     diff = max((a - b).abs().max().item() for a, b in zip(one.state_dict().values(), two.state_dict().values()))
@@ -62,8 +68,8 @@ def test_with_batchnorm_and_augmentation_the_losses_track_one_process(UNet, demo
     one = UNet(base=8)
     two = UNet(base=8)
     two.load_state_dict(one.state_dict())
-    h1 = U.train(one, DataLoader(tr, 4, shuffle=True, drop_last=True), DataLoader(va, 4), cfg(6), tmp_path / "1", CPU)
-    h2 = U.train_distributed(two, tr, va, cfg(6), tmp_path / "2", CPU, world=2, batch_size=4, seed=0)
+    h1 = train(one, DataLoader(tr, 4, shuffle=True, drop_last=True), DataLoader(va, 4), cfg(6), tmp_path / "1", CPU)
+    h2 = train_distributed(two, tr, va, cfg(6), tmp_path / "2", CPU, world=2, batch_size=4, seed=0)
     assert np.allclose(h2["train_loss"], h1["train_loss"], rtol=0.06, atol=0), (h1["train_loss"], h2["train_loss"])
     assert h2["train_loss"][-1] < h2["train_loss"][0]
     said = capfd.readouterr().out
@@ -94,8 +100,8 @@ class NanOnRank(torch.nn.Module):
 def test_nan_on_one_process_stops_all_with_the_message(UNet, demo_ds, tmp_path):
     tr, va = subsets(demo_ds)
     model = NanOnRank(UNet(base=8), rank=1, bad_call=5 + 3)  # 5 steps per epoch: epoch 2, step 3
-    with pytest.raises(U.TrainingDiverged, match=r"loss is nan at epoch 2, step 3.*last good checkpoint"):
-        U.train_distributed(model, tr, va, cfg(3), tmp_path, CPU, world=2, batch_size=4, seed=0)
+    with pytest.raises(U.TrainingDiverged, match=r"loss is nan in epoch 2\. .*last good checkpoint"):
+        train_distributed(model, tr, va, cfg(3), tmp_path, CPU, world=2, batch_size=4, seed=0)
     ck = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
     assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
@@ -118,14 +124,14 @@ class OOMFromEpoch2(torch.nn.Module):
 
 def test_oom_restarts_all_processes_from_last_pt_with_half_the_micro_batch(UNet, demo_ds, tmp_path, capfd):
     tr, va = subsets(demo_ds)
-    h = U.train_distributed(OOMFromEpoch2(UNet(base=8), limit=1), tr, va, cfg(2), tmp_path, CPU, world=2,
+    h = train_distributed(OOMFromEpoch2(UNet(base=8), limit=1), tr, va, cfg(2), tmp_path, CPU, world=2,
                             batch_size=4, seed=0)
     assert len(h["train_loss"]) == 2 and np.isfinite(h["train_loss"]).all()
     said = capfd.readouterr().out
     assert "micro-batch reducido a 1 por proceso" in said and "reanudado desde" in said
     assert said.count("época   1/2") == 1 and said.count("época   2/2") == 1  # epoch 1 kept, not redone or reprinted
     with pytest.raises(torch.OutOfMemoryError, match="micro-batch already 1"):
-        U.train_distributed(OOMAbove(UNet(base=8), limit=0), tr, va, cfg(1), tmp_path / "b", CPU, world=2,
+        train_distributed(OOMAbove(UNet(base=8), limit=0), tr, va, cfg(1), tmp_path / "b", CPU, world=2,
                             batch_size=4, seed=0)
 
 
@@ -149,12 +155,12 @@ def test_a_killed_process_leaves_a_loadable_checkpoint_and_the_rerun_resumes(UNe
     U.seed_everything(0)
     net = UNet(base=8)
     with pytest.raises(RuntimeError, match=r"training process \d failed.*run the training cell again"):
-        U.train_distributed(KillRank(net, rank=1, at_call=2 * 5 + 2), tr, va, cfg(4), tmp_path, CPU, world=2,
+        train_distributed(KillRank(net, rank=1, at_call=2 * 5 + 2), tr, va, cfg(4), tmp_path, CPU, world=2,
                             batch_size=4, seed=0)  # killed in epoch 3, step 2
     ck = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
     assert ck["epoch"] == 1 and len(ck["history"]["val_dice"]) == 2
     capfd.readouterr()
-    h = U.train_distributed(KillRank(net, rank=1, at_call=10**9), tr, va, cfg(4), tmp_path, CPU, world=2,
+    h = train_distributed(KillRank(net, rank=1, at_call=10**9), tr, va, cfg(4), tmp_path, CPU, world=2,
                             batch_size=4, seed=0)
     assert len(h["val_dice"]) == 4 and h["val_dice"][:2] == ck["history"]["val_dice"]
     said = capfd.readouterr().out
@@ -166,7 +172,7 @@ def test_a_stop_decided_on_rank_zero_stops_every_process(UNet, demo_ds, tmp_path
     The W&B-style `log` gets the epochs afterwards (the processes cannot reach the notebook's run)."""
     tr, va = subsets(demo_ds)
     rows = []
-    h = U.train_distributed(UNet(base=8), tr, va, cfg(5, time_budget_min=1e-6), tmp_path, CPU, world=2,
+    h = train_distributed(UNet(base=8), tr, va, cfg(5, time_budget_min=1e-6), tmp_path, CPU, world=2,
                             batch_size=4, seed=0, log=rows.append)
     assert len(h["val_dice"]) == 1
     assert "presupuesto de 1e-06 min alcanzado tras la época 1" in capfd.readouterr().out

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 import torch
-from support import U
+from support import NB, U
+
+DiceBCELoss, edge_band = NB["DiceBCELoss"], NB["edge_band"]  # the notebook's loss (its cell 6.1)
 
 
 def test_empty_empty_is_one():
@@ -50,7 +52,7 @@ def test_batch_dice_matches_single_image_dice():
 def test_loss_is_fp32_finite_and_ranks_predictions():
     target = torch.zeros(2, 1, 8, 8)
     target[:, :, 2:6, 2:6] = 1
-    loss_fn = U.DiceBCELoss()
+    loss_fn = DiceBCELoss()
     good = loss_fn((target * 2 - 1).half() * 8, target)  # fp16 logits as under AMP
     bad = loss_fn(-(target * 2 - 1) * 8, target)
     assert good.dtype == torch.float32 and torch.isfinite(good)
@@ -59,53 +61,53 @@ def test_loss_is_fp32_finite_and_ranks_predictions():
 
 def test_loss_weights():
     logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
-    bce = U.DiceBCELoss(1, 0)(logits, target)
-    dice = U.DiceBCELoss(0, 1)(logits, target)
-    assert U.DiceBCELoss(0.5, 2)(logits, target) == pytest.approx(0.5 * bce + 2 * dice)
+    bce = DiceBCELoss(1, 0)(logits, target)
+    dice = DiceBCELoss(0, 1)(logits, target)
+    assert DiceBCELoss(0.5, 2)(logits, target) == pytest.approx(0.5 * bce + 2 * dice)
 
 
 def test_edge_band_marks_both_sides_of_the_outline_only():
     square = torch.zeros(1, 1, 8, 8)
     square[..., 2:6, 2:6] = 1
-    band = U.edge_band(square)
+    band = edge_band(square)
     assert band.sum() == 6 * 6 - 2 * 2  # the ring from 1 px outside to 1 px inside the 4x4 square
     assert band[..., 3:5, 3:5].sum() == 0 and band[..., 0, :].sum() == 0  # not the core, not 2 px away
     left = torch.zeros(1, 1, 8, 8)
     left[..., :4] = 1  # touching the image border: that border is no outline
-    assert U.edge_band(left)[..., 0].sum() == 0 and U.edge_band(left)[..., 3:5].all()
-    assert U.edge_band(left).sum() == 2 * 8
+    assert edge_band(left)[..., 0].sum() == 0 and edge_band(left)[..., 3:5].all()
+    assert edge_band(left).sum() == 2 * 8
 
 
 def test_edge_weight_multiplies_outline_errors_and_keeps_the_bce_scale():
     target = torch.zeros(2, 1, 8, 8)
     target[..., 2:6, 2:6] = 1
-    band = U.edge_band(target).bool()
+    band = edge_band(target).bool()
     right = 10.0 * (2 * target - 1)  # confident and right everywhere (BCE ~5e-5 per pixel)
     wrong_edge = torch.where(band, -right, right)  # wrong on the outline's 32 pixels per image
     wrong_core = right.clone()
     wrong_core[..., 3:5, 3:5] = -10.0  # wrong on 4 pixels inside
-    plain, edged = U.DiceBCELoss(1, 0), U.DiceBCELoss(1, 0, edge_weight=5)
+    plain, edged = DiceBCELoss(1, 0), DiceBCELoss(1, 0, edge_weight=5)
     ratio_plain = plain(wrong_edge, target) / plain(wrong_core, target)
     ratio_edged = edged(wrong_edge, target) / edged(wrong_core, target)
     assert ratio_edged.item() == pytest.approx(6 * ratio_plain.item(), rel=0.01)  # an outline error costs 1 + 5x
     assert edged(right, target).item() == pytest.approx(plain(right, target).item(), rel=1e-3)  # same scale
     logits = torch.randn(2, 1, 8, 8)
-    assert U.DiceBCELoss(edge_weight=0)(logits, target) == U.DiceBCELoss()(logits, target)
-    dice = U.DiceBCELoss(0, 1)(logits, target)
-    assert U.DiceBCELoss(0, 1, edge_weight=5)(logits, target) == dice  # the Dice term is untouched
+    assert DiceBCELoss(edge_weight=0)(logits, target) == DiceBCELoss()(logits, target)
+    dice = DiceBCELoss(0, 1)(logits, target)
+    assert DiceBCELoss(0, 1, edge_weight=5)(logits, target) == dice  # the Dice term is untouched
 
 
 def test_edge_px_widens_the_weighted_band():
     target = torch.zeros(1, 1, 12, 12)
     target[..., 2:10, 2:10] = 1  # an 8x8 square: the 1-px band is rows/cols 1-2 and 9-10, the 2-px band 0-3 and 8-11
-    assert U.edge_band(target, 2).sum() > U.edge_band(target, 1).sum()
+    assert edge_band(target, 2).sum() > edge_band(target, 1).sum()
     right = 10.0 * (2 * target - 1)
     wrong = right.clone()
     wrong[..., 3, 5] = -10.0  # the second row inside the mask: in the 2-px band, not in the 1-px one
     core = right.clone()
     core[..., 6, 6] = -10.0  # the middle: in neither
     for px, ratio in ((1, 1.0), (2, 6.0)):
-        loss = U.DiceBCELoss(1, 0, edge_weight=5, edge_px=px)
+        loss = DiceBCELoss(1, 0, edge_weight=5, edge_px=px)
         assert (loss(wrong, target) / loss(core, target)).item() == pytest.approx(ratio, rel=0.01)
 
 

@@ -129,13 +129,14 @@ def check_summary(said: str, run_dir: Path, work: Path) -> None:
     assert s["procesos de entrenamiento"] == "2 (DDP), batch 2 por proceso"
     assert s["mejor Dice de validación (resolución de entrada)"] == \
         f"{best:.4f} (época {history['val_dice'].index(best) + 1})"
-    full = re.search(r"TTA \(volteo\): Dice de validación ([\d.]+) ± [\d.]+ .*aporte del TTA a 0.5: ([-+][\d.]+)", said)
-    post = re.search(r"post-proceso: .*\. Dice de validación ([\d.]+) -> ([\d.]+) \(([-+][\d.]+)\)", said)
-    assert post[1] == full[1]  # the post-process starts from the masks section 7 scored ...
-    assert s["Dice de validación a tamaño completo (Kaggle)"].startswith(f"{post[2]} ± ")  # ... the summary: after it
+    full = re.search(r"TTA \(volteo\): Dice de validación a tamaño completo ([\d.]+) ± [\d.]+ .*aporte del TTA a "
+                     r"0.5: ([-+][\d.]+)", said)
+    post = re.search(r"posproceso: .*\. Dice de validación ([\d.]+) -> ([\d.]+) \(([-+][\d.]+)\)", said)
+    assert post[1] == full[1]  # the post-process starts from the masks section 7.1 scored ...
+    assert s["Dice final de validación (glosario)"].startswith(f"{post[2]} ± ")  # ... then this
     defaults: dict = {}
     exec(notebook_cells("parameters")[0], defaults)  # the run used the notebook's own thresholds
-    assert s["post-proceso (7)"] == (f"regiones < {defaults['MIN_COMPONENT']:.0%}, agujeros < "
+    assert s["posproceso (7.2)"] == (f"regiones < {defaults['MIN_COMPONENT']:.0%}, agujeros < "
                                      f"{defaults['MAX_HOLE']:.0%}: aporte {post[3]}")
     assert s["TTA"] == f"volteo (aporte {full[2]})"  # 128 px: flips only, no rescaling (U.tta_scales)
     assert s["umbral"] == re.search(r"-> se usa ([\d.]+)", said)[1]
@@ -238,19 +239,27 @@ REAL_FLOOR = 0.83
 
 
 @pytest.mark.parametrize("epochs", [1, 2, 3, 12])
-def test_training_verdict_reads_runs_of_any_length(epochs, tmp_path):
-    """Section 6.3's reading of the curves compares the last fifth of the epochs with the epoch before it: a 1-epoch run
-    (EPOCHS 1, as in a smoke test) once indexed past the start of the history."""
+@pytest.mark.parametrize("shape", ["rising", "fell", "flat"])
+def test_training_verdict_reads_runs_of_any_length(epochs, shape, tmp_path):
+    """Section 6.4's reading of the curves: still rising in the last fifth is under-trained, a fall of more than 0.01
+    from an earlier best is over-fitting, anything else converged; a 1-epoch run (a smoke test) once indexed past the
+    start of the history."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
     cells = ["".join(c["source"]) for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
     (cell,) = [src for src in cells if "verdict =" in src and "plot_history" in src]
-    up = np.linspace(0.5, 0.9, epochs).tolist()
-    history = {"train_loss": up[::-1], "val_loss": up[::-1], "train_dice": up, "val_dice": up, "lr": [1e-3] * epochs}
-    ns = {"U": U, "plt": plt, "np": np, "RUN_DIR": tmp_path, "history": history}
+    up = np.linspace(0.5, 0.9, epochs)
+    k = epochs // 5 + 1  # the last fifth and one more epoch fall from the peak before them
+    fell = np.concatenate([up[:epochs - k], up[max(0, epochs - k - 1)] - 0.03 * np.arange(1, k + 1)])
+    val = {"rising": up, "fell": fell, "flat": np.minimum(up, 0.6)}[shape].tolist()
+    history = {"train_loss": up[::-1].tolist(), "val_loss": up[::-1].tolist(), "train_dice": up.tolist(),
+               "val_dice": val, "lr": [1e-3] * epochs}
+    cfg = U.TrainConfig(epochs=epochs, warmup_epochs=1)
+    ns = {"U": U, "plt": plt, "np": np, "RUN_DIR": tmp_path, "history": history, "cfg": cfg, "train_loader": [0] * 5}
     exec(cell, ns)
     plt.close("all")
     assert ns["verdict"].startswith("muy pocas") == (epochs < 3)
-    assert epochs < 3 or ns["verdict"].startswith("sub-entrenado")  # still rising at the end
+    expected = {"rising": "subentrenado", "fell": "sobreajuste", "flat": "convergido"}[shape]
+    assert epochs < 3 or ns["verdict"].startswith(expected), (val, ns["verdict"])

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from support import U
+from support import NB, U, recipe
 from torch.utils.data import DataLoader
 
 CPU = torch.device("cpu")
@@ -21,10 +21,15 @@ def cfg(epochs, **kw):
     return U.TrainConfig(epochs=epochs, lr=3e-3, amp=False, warmup_epochs=0.5, model={"base": 8}, **kw)
 
 
+def train(model, train_loader, val_loader, config, run_dir, device=CPU, **kw):
+    """U.train with the notebook's loss and training step for this config (its cells 6.1 and 6.2)."""
+    return U.train(model, train_loader, val_loader, config, run_dir, device, **recipe(config), **kw)
+
+
 def test_short_training_lowers_loss_and_raises_dice(UNet, demo_ds, tmp_path):
     U.seed_everything(0)
     tr, va = loaders(demo_ds, shuffle=True)
-    h = U.train(UNet(base=8), tr, va, U.TrainConfig(epochs=12, lr=1e-2, amp=False, model={"base": 8}), tmp_path, CPU)
+    h = train(UNet(base=8), tr, va, U.TrainConfig(epochs=12, lr=1e-2, amp=False, model={"base": 8}), tmp_path, CPU)
     assert len(h["train_loss"]) == 12
     assert h["train_loss"][-1] < 0.75 * h["train_loss"][0]
     assert max(h["val_dice"][-3:]) > h["val_dice"][0] + 0.1
@@ -48,15 +53,15 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(UNet, demo_ds, tmp_
     tr, va = loaders(demo_ds)
     U.seed_everything(0)
     straight = UNet(base=8)
-    h_straight = U.train(straight, tr, va, cfg(4), tmp_path / "a", CPU)
+    h_straight = train(straight, tr, va, cfg(4), tmp_path / "a", CPU)
 
     U.seed_everything(0)
     with pytest.raises(KeyboardInterrupt):
-        U.train(UNet(base=8), tr, va, cfg(4), tmp_path / "b", CPU, log=StopAfter(2))
+        train(UNet(base=8), tr, va, cfg(4), tmp_path / "b", CPU, log=StopAfter(2))
     saved = U.load_checkpoint(tmp_path / "b" / "last.pt")
     assert saved["epoch"] == 1  # two epochs done (0-based)
     resumed = UNet(base=8)  # a fresh process would build a fresh model
-    h_resumed = U.train(resumed, tr, va, cfg(4), tmp_path / "b", CPU)
+    h_resumed = train(resumed, tr, va, cfg(4), tmp_path / "b", CPU)
     assert "reanudado desde" in capsys.readouterr().out
     assert h_resumed["lr"] == pytest.approx(h_straight["lr"])
     assert h_resumed["val_loss"] == pytest.approx(h_straight["val_loss"], rel=1e-4)
@@ -85,10 +90,10 @@ class InterruptingLoader:
 def test_interrupt_mid_epoch_keeps_last_checkpoint_and_resumes_there(UNet, demo_ds, tmp_path):
     tr, va = loaders(demo_ds)
     with pytest.raises(KeyboardInterrupt):
-        U.train(UNet(base=8), InterruptingLoader(tr, epoch=3, batch=2), va, cfg(4), tmp_path, CPU)
+        train(UNet(base=8), InterruptingLoader(tr, epoch=3, batch=2), va, cfg(4), tmp_path, CPU)
     best_before = (tmp_path / "best.pt").read_bytes()
     assert U.load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
-    h = U.train(UNet(base=8), tr, va, cfg(4), tmp_path, CPU)
+    h = train(UNet(base=8), tr, va, cfg(4), tmp_path, CPU)
     assert len(h["val_dice"]) == 4
     if max(h["val_dice"][2:]) <= max(h["val_dice"][:2]):
         assert (tmp_path / "best.pt").read_bytes() == best_before
@@ -110,8 +115,8 @@ class Poisoned(torch.nn.Module):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(UNet, demo_ds, tmp_path):
     tr, va = loaders(demo_ds)
     model = Poisoned(UNet(base=8), bad_call=len(tr) + 3)  # epoch 2, step 3
-    with pytest.raises(U.TrainingDiverged, match=r"loss is nan at epoch 2, step 3.*last good checkpoint"):
-        U.train(model, tr, va, cfg(3), tmp_path, CPU)
+    with pytest.raises(U.TrainingDiverged, match=r"loss is nan in epoch 2\. .*last good checkpoint"):
+        train(model, tr, va, cfg(3), tmp_path, CPU)
     ck = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
     assert ck["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
@@ -137,7 +142,7 @@ class OOMAbove(torch.nn.Module):
 def test_cuda_oom_halves_the_micro_batch_and_training_continues(UNet, demo_ds, tmp_path, capsys):
     tr, va = loaders(demo_ds)  # batches of 4
     model = OOMAbove(UNet(base=8), limit=1)
-    h = U.train(model, tr, va, cfg(2), tmp_path, CPU)
+    h = train(model, tr, va, cfg(2), tmp_path, CPU)
     assert len(h["train_loss"]) == 2 and np.isfinite(h["train_loss"]).all()
     out = capsys.readouterr().out
     assert "micro-batch reducido a 2" in out and "micro-batch reducido a 1" in out
@@ -147,32 +152,32 @@ def test_cuda_oom_halves_the_micro_batch_and_training_continues(UNet, demo_ds, t
 def test_oom_at_batch_one_is_raised(UNet, demo_ds, tmp_path):
     tr, va = loaders(demo_ds)
     with pytest.raises(torch.OutOfMemoryError):
-        U.train(OOMAbove(UNet(base=8), limit=0), tr, va, cfg(1), tmp_path, CPU)
+        train(OOMAbove(UNet(base=8), limit=0), tr, va, cfg(1), tmp_path, CPU)
 
 
 def test_checkpoint_from_another_config_is_a_clear_error(UNet, demo_ds, tmp_path):
     tr, va = loaders(demo_ds)
-    U.train(UNet(base=8), tr, va, cfg(1), tmp_path, CPU)
+    train(UNet(base=8), tr, va, cfg(1), tmp_path, CPU)
     with pytest.raises(ValueError, match=r"another configuration.*'base': \(8, 16\).*new RUN_DIR"):
         U.load_checkpoint(tmp_path / "last.pt", {"base": 16})
     other = U.TrainConfig(epochs=1, amp=False, model={"base": 16})
     with pytest.raises(ValueError, match="another configuration"):
-        U.train(UNet(base=16), tr, va, other, tmp_path, CPU)
+        train(UNet(base=16), tr, va, other, tmp_path, CPU)
     with pytest.raises(ValueError, match=r"other training settings.*'epochs': \(1, 3\)"):
-        U.train(UNet(base=8), tr, va, cfg(3), tmp_path, CPU)
+        train(UNet(base=8), tr, va, cfg(3), tmp_path, CPU)
 
 
 def test_resume_refuses_a_changed_recipe_and_allows_the_resumable_settings(UNet, demo_ds, tmp_path, capsys):
     tr, va = loaders(demo_ds)
     data = {"batch_size": 4, "aug_strength": 0.25}
     with pytest.raises(KeyboardInterrupt):
-        U.train(UNet(base=8), tr, va, cfg(3, data=data), tmp_path, CPU, log=StopAfter(1))
+        train(UNet(base=8), tr, va, cfg(3, data=data), tmp_path, CPU, log=StopAfter(1))
     # a lower LR would be silently ignored (the optimizer and scheduler states restore the old one): refused
     lower = U.TrainConfig(epochs=3, lr=1e-3, amp=False, warmup_epochs=0.5, model={"base": 8}, data=data)
     with pytest.raises(ValueError, match=r"'lr': \(0.003, 0.001\).*new RUN_DIR"):
-        U.train(UNet(base=8), tr, va, lower, tmp_path, CPU)
+        train(UNet(base=8), tr, va, lower, tmp_path, CPU)
     with pytest.raises(ValueError, match=r"'data': \(\{.*'aug_strength': 0.25.*\}, \{.*'aug_strength': 0.5"):
-        U.train(UNet(base=8), tr, va, cfg(3, data=data | {"aug_strength": 0.5}), tmp_path, CPU)
+        train(UNet(base=8), tr, va, cfg(3, data=data | {"aug_strength": 0.5}), tmp_path, CPU)
     assert U.config_tag(cfg(3, data=data)) != U.config_tag(cfg(3, data=data | {"aug_strength": 0.5}))
     assert U.config_tag(lower) != U.config_tag(cfg(3, data=data))
     # patience, time budget and AMP may change on resume (and do not change the run's name)
@@ -180,7 +185,7 @@ def test_resume_refuses_a_changed_recipe_and_allows_the_resumable_settings(UNet,
     relaxed.amp = True
     assert U.config_tag(relaxed) == U.config_tag(cfg(3, data=data))
     capsys.readouterr()
-    h = U.train(UNet(base=8), tr, va, relaxed, tmp_path, CPU)
+    h = train(UNet(base=8), tr, va, relaxed, tmp_path, CPU)
     assert "reanudado desde" in capsys.readouterr().out and len(h["train_loss"]) == 3
 
 
@@ -214,7 +219,7 @@ def test_amp_dtype_and_batch_finder_on_cpu(monkeypatch):
     with pytest.raises(ValueError, match="AMP='float16'.*parameters cell"):  # checked on any device
         U.amp_dtype(CPU, "float16")
     with pytest.raises(ValueError, match="GPU"):
-        U.find_batch_size(torch.nn.Conv2d(3, 1, 1), 64, CPU)
+        U.find_batch_size(torch.nn.Conv2d(3, 1, 1), 64, CPU, NB["DiceBCELoss"]())
 
 
 def test_cpu_bf16_needs_the_instructions_in_cpuinfo(tmp_path, monkeypatch):
@@ -234,7 +239,7 @@ def test_bf16_on_cpu_trains_in_bf16_keeps_fp32_weights_and_predicts_like_fp32(UN
     model = UNet(base=8)
     seen = set()
     model.inc.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype))
-    h = U.train(model, tr, va, U.TrainConfig(epochs=12, lr=1e-2, amp="bf16", model={"base": 8}), tmp_path, CPU)
+    h = train(model, tr, va, U.TrainConfig(epochs=12, lr=1e-2, amp="bf16", model={"base": 8}), tmp_path, CPU)
     assert seen == {torch.bfloat16}
     assert h["train_loss"][-1] < 0.75 * h["train_loss"][0] and max(h["val_dice"][-3:]) > h["val_dice"][0] + 0.1
     last = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
@@ -256,7 +261,7 @@ def test_batch_finder_halves_on_oom_and_on_a_peak_above_the_fraction(UNet, monke
     """The probe's halving logic, with the GPU simulated: 0.1 GiB per image on a 1 GiB card."""
     probed = []
 
-    def fake_peak(model, size, batch, device, dtype):
+    def fake_peak(model, size, batch, device, dtype, loss_fn):
         probed.append(batch)
         if batch > 16:
             raise torch.OutOfMemoryError("simulated")
@@ -264,7 +269,8 @@ def test_batch_finder_halves_on_oom_and_on_a_peak_above_the_fraction(UNet, monke
 
     monkeypatch.setattr(U, "peak_step_memory", fake_peak)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=2**30))
-    assert U.find_batch_size(UNet(base=8), 64, torch.device("cuda"), amp=False, max_batch=64) == 8
+    loss_fn = NB["DiceBCELoss"]()
+    assert U.find_batch_size(UNet(base=8), 64, torch.device("cuda"), loss_fn, amp=False, max_batch=64) == 8
     assert probed == [64, 32, 16, 8]  # OOM, OOM, 1.6 GiB > 80% of 1 GiB, 0.8 GiB fits
     out = capsys.readouterr().out
     assert out.count("sin memoria, a la mitad") == 2 and "> 80% de la GPU, a la mitad" in out
@@ -289,7 +295,7 @@ def test_amp_dtype_per_gpu_generation(monkeypatch):
 def test_batch_finder_on_gpu(UNet):
     model = UNet(base=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    b = U.find_batch_size(model, 64, torch.device("cuda"), max_batch=8)
+    b = U.find_batch_size(model, 64, torch.device("cuda"), NB["DiceBCELoss"](), max_batch=8)
     assert 1 <= b <= 8
     assert all(torch.equal(before[k], v.cpu()) for k, v in model.state_dict().items())
 
@@ -300,7 +306,7 @@ def test_fp16_training_with_grad_scaler_on_gpu(UNet, demo_ds, tmp_path):
     U.seed_everything(0)
     tr = DataLoader(U.Subset(demo_ds, range(0, 20), U.train_transform(0.5)), 4, shuffle=True, pin_memory=True)
     va = DataLoader(U.Subset(demo_ds, range(20, 24)), 4)
-    h = U.train(UNet(base=8), tr, va, U.TrainConfig(epochs=8, lr=1e-2, amp="fp16", model={"base": 8}), tmp_path,
+    h = train(UNet(base=8), tr, va, U.TrainConfig(epochs=8, lr=1e-2, amp="fp16", model={"base": 8}), tmp_path,
                 torch.device("cuda"))
     assert h["train_loss"][-1] < 0.8 * h["train_loss"][0]
     last = U.load_checkpoint(tmp_path / "last.pt", {"base": 8})
@@ -379,13 +385,13 @@ def test_final_fit_without_validation_follows_the_same_recipe_and_keeps_the_last
     tr, va = loaders(demo_ds)
     U.seed_everything(0)
     validated = UNet(base=8)
-    U.train(validated, tr, va, cfg(3), tmp_path / "val", CPU)
+    train(validated, tr, va, cfg(3), tmp_path / "val", CPU)
     validated_last = U.load_checkpoint(tmp_path / "val" / "last.pt")["model"]
     U.seed_everything(0)
     final = UNet(base=8)
     modes = []  # training? flag of every forward pass
     final.register_forward_pre_hook(lambda m, args: modes.append(m.training))
-    h = U.train(final, tr, None, cfg(3), tmp_path / "final", CPU)
+    h = train(final, tr, None, cfg(3), tmp_path / "final", CPU)
     assert modes == [True] * 3 * len(tr)  # nothing is evaluated
     assert len(h["train_loss"]) == 3 and all(np.isfinite(h["train_loss"])) and all(np.isnan(h["val_dice"]))
     assert {p.name for p in (tmp_path / "final").iterdir()} == {"last.pt"}  # no "best" without validation
@@ -395,22 +401,23 @@ def test_final_fit_without_validation_follows_the_same_recipe_and_keeps_the_last
         assert torch.equal(v, validated_last[k])  # ...the very ones the validated run trained (same data here)
     U.seed_everything(0)
     with pytest.raises(KeyboardInterrupt):
-        U.train(UNet(base=8), tr, None, cfg(3), tmp_path / "again", CPU, log=StopAfter(2))
+        train(UNet(base=8), tr, None, cfg(3), tmp_path / "again", CPU, log=StopAfter(2))
     resumed = UNet(base=8)
     capsys.readouterr()
-    U.train(resumed, tr, None, cfg(3), tmp_path / "again", CPU)
+    train(resumed, tr, None, cfg(3), tmp_path / "again", CPU)
     said = capsys.readouterr().out
     assert "reanudado desde" in said and "2 épocas hechas\n" in said  # no "best validation Dice" where none exists
     for a, b in zip(final.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
     with pytest.raises(ValueError, match="patience=2 needs validation data"):
-        U.train(UNet(base=8), tr, None, cfg(3, patience=2), tmp_path / "p", CPU)
+        train(UNet(base=8), tr, None, cfg(3, patience=2), tmp_path / "p", CPU)
 
 
 def test_edge_weight_reaches_the_training_loss(UNet, demo_ds, tmp_path, monkeypatch):
     calls = []
-    band = U.edge_band
-    monkeypatch.setattr(U, "edge_band", lambda mask, px=1: calls.append(len(mask)) or band(mask, px))
+    band = NB["edge_band"]  # the notebook's loss looks it up in the notebook's namespace
+    monkeypatch.setitem(NB, "edge_band", lambda mask, px=1: calls.append((len(mask), px)) or band(mask, px))
     tr, va = loaders(demo_ds)
-    U.train(UNet(base=8), tr, va, cfg(1, edge_weight=5.0), tmp_path, CPU)
-    assert sum(calls) == len(tr.dataset) + len(va.dataset)  # every training and validation image, once
+    train(UNet(base=8), tr, va, cfg(1, edge_weight=5.0, edge_px=3), tmp_path, CPU)
+    assert sum(n for n, _ in calls) == len(tr.dataset) + len(va.dataset)  # every image, once
+    assert {px for _, px in calls} == {3} and recipe(cfg(1, edge_weight=5.0, edge_px=3))["loss_fn"].edge_weight == 5

@@ -168,7 +168,7 @@ def test_architecture_candidates_change_only_what_they_claim():
     assert set(missing.unexpected_keys) == {f"heads.{i}.{p}" for i in range(3) for p in ("weight", "bias")}
     x, y = torch.randn(2, 3, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
     assert torch.equal(ds(x), plain(x)) and ds.aux == []  # inference is the notebook's U-Net, heads unused
-    deep_loss, base_loss = selection.DeepSupLoss(ds), selection.U.DiceBCELoss()
+    deep_loss, base_loss = selection.DeepSupLoss(ds), selection.NB["DiceBCELoss"]()
     assert torch.equal(deep_loss(ds(x), y), base_loss(ds(x), y))  # eval (validation): main term only
     ds.train()
     out = ds(x)
