@@ -46,9 +46,7 @@ with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns; bars are 
     from tqdm.auto import tqdm as _tqdm
 
 
-# --------------------------------------------------------------------------------------------
-# Progress bars
-# --------------------------------------------------------------------------------------------
+# --- Progress bars --------------------------------------------------------------------------------
 
 PROGRESS_BARS = True  # the data-parallel training processes switch their bars off (one line per epoch instead)
 
@@ -64,17 +62,12 @@ def kernel_without_widgets() -> bool:
 
 
 def tqdm(*args, **kwargs):
-    """tqdm.auto's bar (a widget in Colab/Jupyter, text in a terminal), off where only text would go to a notebook.
-
-    Off there, the training loop still prints one line per epoch; an executed notebook stays small.
-    """
+    """tqdm.auto's bar, off where only text would go to a notebook (one line per epoch is printed instead)."""
     disable = kwargs.pop("disable", False) or not PROGRESS_BARS or kernel_without_widgets()
     return _tqdm(*args, **kwargs, disable=disable)
 
 
-# --------------------------------------------------------------------------------------------
-# Data: files, decoding, pairing
-# --------------------------------------------------------------------------------------------
+# --- Data: files, decoding, pairing ---------------------------------------------------------------
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 JUNK_NAMES = {"thumbs.db", "desktop.ini"}
@@ -143,10 +136,9 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask (0/1, 0/255, 16-bit, RGB white-on-black or palette) as an HxW {0,1} uint8 array."""
     img = _open(Path(path))
-    if img.mode == "P":  # palette: index 0 is background, any other index is the person
-        a = np.asarray(img)
-        return (a > 0).astype(np.uint8)
     a = np.asarray(img)
+    if img.mode == "P":  # palette: index 0 is background, any other index is the person
+        return (a > 0).astype(np.uint8)
     if a.ndim == 3:  # RGB(A): any bright colour on black; alpha ignored
         a = a[..., :3].max(axis=2)
     top = int(a.max())
@@ -170,9 +162,7 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return (np.asarray(m) > 127).astype(np.uint8)
 
 
-# --------------------------------------------------------------------------------------------
-# Data: cached dataset, augmentation, normalisation, split
-# --------------------------------------------------------------------------------------------
+# --- Data: cached dataset, augmentation, normalisation, split -------------------------------------
 
 def _load_item(args: tuple[Path, Path | None, int]) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
     """Decode one (image, mask) pair, check their sizes agree and resize both."""
@@ -189,12 +179,9 @@ def _load_item(args: tuple[Path, Path | None, int]) -> tuple[np.ndarray, np.ndar
 
 
 class CachedSegDataset(Dataset):
-    """Images (and masks) decoded and resized once, kept in RAM as uint8 tensors.
+    """(image_path, mask_path or None) items decoded and resized once, kept in RAM as uint8 tensors.
 
-    `items` are (image_path, mask_path_or_None). __getitem__ returns the cached (uint8 image
-    3xSxS, uint8 {0,1} mask 1xSxS); test items have an all-zero mask. Batches stay uint8 until
-    they reach the device (4x less copying), where `to_input` normalises them; augmentation
-    also happens there (see Subset).
+    Items are (3xSxS image, 1xSxS {0,1} mask; zeros for test images), uint8 until `to_input` on the device.
     """
 
     def __init__(self, items: Sequence[tuple[Path, Path | None]], size: int,
@@ -320,11 +307,7 @@ def stratified_split(strata: Sequence[int], val_frac: float, seed: int) -> tuple
 
 
 class Subset(Dataset):
-    """A view of some indices of a CachedSegDataset, with the augmentation `transform` (train only).
-
-    Items leave the DataLoader exactly as cached (uint8, no per-item work on the CPU cores);
-    `to_input` runs on the device: per-sample joint augmentation, then normalisation.
-    """
+    """Some items of a CachedSegDataset; `to_input` augments them with `transform` (training) on the device."""
 
     def __init__(self, base: CachedSegDataset, indices: Sequence[int], transform: Callable | None = None):
         self.base, self.indices, self.transform = base, list(indices), transform
@@ -352,9 +335,7 @@ class Subset(Dataset):
         return self.base.to_input(x, y)
 
 
-# --------------------------------------------------------------------------------------------
-# Metrics and loss
-# --------------------------------------------------------------------------------------------
+# --- Metrics ---------------------------------------------------------------------------------------
 
 def dice_score(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:
     """Competition Dice of one binary mask pair: 2|A∩B|/(|A|+|B|), 1.0 when both are empty."""
@@ -368,27 +349,22 @@ def dice_score(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor
 def dice_per_image(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """Competition Dice of each image in a batch of binary masks (N x ...), 1 for empty/empty."""
     p, t = pred.flatten(1).bool(), truth.flatten(1).bool()
-    inter = (p & t).sum(1).double()
-    denom = (p.sum(1) + t.sum(1)).double()
+    inter, denom = (p & t).sum(1).double(), (p.sum(1) + t.sum(1)).double()
     return torch.where(denom == 0, torch.ones_like(denom), 2 * inter / denom.clamp(min=1))
 
 
 def mean_dice(preds: Iterable, truths: Iterable) -> float:
     """Mean per-image competition Dice over paired masks (the leaderboard score)."""
-    scores = [dice_score(p, t) for p, t in zip(preds, truths, strict=True)]
-    return float(np.mean(scores))
+    return float(np.mean([dice_score(p, t) for p, t in zip(preds, truths, strict=True)]))
 
 
-# --------------------------------------------------------------------------------------------
-# Model cost and batch size
-# --------------------------------------------------------------------------------------------
+# --- Model cost and batch size --------------------------------------------------------------------
 
 def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple[int, float]:
-    """(activation bytes, forward GFLOPs) of one size x size image, from the leaf modules' outputs.
+    """(activation bytes, forward GFLOPs) of one size x size image, on the meta device (shapes only, instant).
 
-    The activations are what backward keeps (in-place ReLUs share storage and are not counted);
-    FLOPs count the multiply-adds of convolutions as 2 operations. Runs on the meta device
-    (shapes only: no memory, instant), so it works for any size on a CPU.
+    Activations are the leaf modules' outputs, what backward keeps (in-place ReLUs share storage: not counted);
+    a convolution's multiply-add counts as 2 FLOPs.
     """
     total, flops = 0, 0
 
@@ -410,54 +386,6 @@ def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple
     return total, flops / 1e9
 
 
-def peak_step_memory(model: nn.Module, img_size: int, batch: int, device: torch.device,
-                     dtype: torch.dtype | None, loss_fn: nn.Module) -> int:
-    """Peak CUDA bytes of two real training steps (random data, AdamW, channels_last) at this size and batch."""
-    model.to(device, memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-9)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    try:
-        x = torch.randn(batch, 3, img_size, img_size, device=device).to(memory_format=torch.channels_last)
-        y = (torch.rand(batch, 1, img_size, img_size, device=device) > 0.5).float()
-        for _ in range(2):
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return torch.cuda.max_memory_allocated(device)
-    finally:
-        model.zero_grad(set_to_none=True)
-
-
-def find_batch_size(model: nn.Module, img_size: int, device: torch.device, loss_fn: nn.Module,
-                    amp: bool | str = True, max_batch: int = 64, memory_fraction: float = 0.8) -> int:
-    """Largest power-of-two batch whose real training step fits in memory_fraction of the GPU.
-
-    Probes forward + backward + optimizer step at decreasing sizes; each OOM halves the batch.
-    The fraction leaves room for fragmentation, the validation pass and other processes.
-    """
-    if device.type != "cuda":
-        raise ValueError("find_batch_size probes GPU memory; on CPU pick a batch size by hand")
-    saved = copy.deepcopy(model.state_dict())  # the probe's steps must not change the model
-    total = torch.cuda.get_device_properties(device).total_memory
-    dtype = amp_dtype(device, amp)
-    batch = max_batch
-    while batch >= 1:
-        try:
-            peak = peak_step_memory(model, img_size, batch, device, dtype, loss_fn)
-            if peak <= memory_fraction * total:
-                print(f"batch {batch}: pico {peak / 2**30:.2f} GiB de {total / 2**30:.1f} GiB -> se usa")
-                model.load_state_dict(saved)
-                return batch
-            print(f"batch {batch}: pico {peak / 2**30:.2f} GiB > {memory_fraction:.0%} de la GPU, a la mitad")
-        except torch.OutOfMemoryError:
-            print(f"batch {batch}: sin memoria, a la mitad")
-        batch //= 2
-    raise RuntimeError(f"even batch 1 does not fit at {img_size}px; lower IMG_SIZE or BASE_CHANNELS")
-
-
 MIN_STEPS_PER_EPOCH = 48  # the dev photos' 196 training images at batch 4: the batch chosen on validation
 
 
@@ -469,9 +397,7 @@ def batch_for_data(n_train: int, cap: int, min_steps: int = MIN_STEPS_PER_EPOCH,
     return batch
 
 
-# --------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------
+# --- Training -------------------------------------------------------------------------------------
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (CPU and CUDA) for repeatable runs."""
@@ -588,10 +514,8 @@ def backward_in_parts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forwar
                       opt: torch.optim.Optimizer, state: dict) -> tuple[float, torch.Tensor]:
     """forward_backward(xb, yb) -> (loss, logits) over the batch in state["chunks"] parts; (batch loss, logits).
 
-    The step's helper for what a grader need not read. Each part's loss is weighted by its share of the batch, so
-    the gradients add up to the whole batch's. A CUDA OOM doubles the parts and runs the batch again (the effective
-    batch does not change); under DistributedDataParallel it is raised for train_distributed. A NaN or inf loss
-    raises TrainingDiverged; under DDP every process first learns of it at the same step (a collective).
+    A CUDA OOM doubles the parts and runs the batch again (under DDP it is raised for train_distributed); a NaN or
+    inf loss raises TrainingDiverged, under DDP on every process at the same step.
     """
     ddp = isinstance(model, DistributedDataParallel)
     while True:
@@ -662,19 +586,13 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
           run_dir: str | Path, device: torch.device, *, loss_fn: nn.Module, train_epoch: Callable,
           resume: bool = True, log: Callable[[dict], None] | None = None, chunks: int = 1,
           on_checkpoint: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
-    """Train with AdamW + warm-up/cosine LR, the notebook's loss and step, early stopping and checkpoints.
+    """The epochs: AdamW with warm-up + cosine LR, validation, checkpoints, resume, early stopping; the history.
 
-    The loaders' datasets (CachedSegDataset / Subset) yield uint8 batches and normalise them on
-    the device. Writes run_dir/last.pt after every epoch and run_dir/best.pt when validation Dice improves.
-    With resume=True and a last.pt present, continues from the epoch after it. Returns the
-    history: train/val loss and Dice and the LR, one value per epoch. With val_loader=None (the final fit on
-    every labelled image) nothing is validated: the val figures are NaN, no best.pt is written, and the model
-    ends with the last epoch's weights. `chunks` > 1 starts with micro-batches (gradient accumulation).
-    `loss_fn` (the notebook's DiceBCELoss) trains and validates; `train_epoch(model, loader, loss_fn, opt, sched,
-    scaler, cfg, device, state, epoch) -> (loss, Dice)` is the notebook's training step over one epoch.
-    `on_checkpoint` is called with each epoch's checkpoint dict after last.pt is written. Under torch.distributed
-    (see train_distributed) each process runs this loop on its shard of the data; rank 0 alone validates, prints
-    and writes, and its stop decisions reach every process.
+    `train_epoch(model, loader, loss_fn, opt, sched, scaler, cfg, device, state, epoch) -> (loss, Dice)` is the
+    notebook's step; `loss_fn` its loss, which also validates. Writes run_dir/last.pt every epoch and best.pt when
+    validation Dice improves, and resumes from last.pt. val_loader=None (the final fit): no validation (NaN), no
+    best.pt, the last epoch's weights. `on_checkpoint(ck)` follows each last.pt. Under torch.distributed each
+    process runs this loop on its shard; rank 0 alone validates, prints and writes, and its stops reach every one.
     """
     if val_loader is None and cfg.patience:
         raise ValueError(f"patience={cfg.patience} needs validation data: with val_loader=None use patience=0")
@@ -697,10 +615,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
         if diff:  # the optimizer and LR schedule come back from the checkpoint: a new setting would be ignored
             raise ValueError(f"{last} was made with other training settings (checkpoint vs now: {diff}); resuming "
                              f"would continue the old recipe. Use the same settings, or a new RUN_DIR.")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
+        for part, key in ((model, "model"), (opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
+            part.load_state_dict(ck[key])
         start, best, stale, history = ck["epoch"] + 1, ck["best_dice"], ck["stale"], ck["history"]
         if rank == 0:
             print(f"reanudado desde {last}: {start} épocas hechas"
@@ -764,13 +680,7 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
 
 def init_wandb(project: str, config: dict):
     """A W&B run when WANDB_API_KEY (env or Colab secret) is set and wandb installed; else None, said aloud."""
-    key = os.environ.get("WANDB_API_KEY")
-    if not key:
-        try:
-            from google.colab import userdata  # type: ignore[import-not-found]
-            key = userdata.get("WANDB_API_KEY")
-        except Exception:  # not on Colab, or no such secret
-            key = None
+    key = os.environ.get("WANDB_API_KEY") or _colab_secrets(["WANDB_API_KEY"]).get("WANDB_API_KEY")
     if not key:
         print("W&B: sin WANDB_API_KEY (variable de entorno o secreto de Colab); se entrena sin registrar")
         return None
@@ -783,9 +693,7 @@ def init_wandb(project: str, config: dict):
     return wandb.init(project=project, config=config)
 
 
-# --------------------------------------------------------------------------------------------
-# Training in several processes (one per GPU)
-# --------------------------------------------------------------------------------------------
+# --- Training in several processes (one per GPU) --------------------------------------------------
 
 def resolve_devices(devices: int | str, device: torch.device) -> int:
     """Training processes: "auto" means every visible GPU (1 on CPU); an int forces it (CPU: gloo processes)."""
@@ -804,17 +712,12 @@ def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset | None,
                       run_dir: str | Path, device: torch.device, world: int, batch_size: int, seed: int, *,
                       loss_fn: nn.Module, train_epoch: Callable, resume: bool = True,
                       log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
-    """`train` in `world` processes under DistributedDataParallel (NCCL on GPUs, gloo on CPU); same results contract.
+    """`train` in `world` processes under DistributedDataParallel (NCCL on GPUs, gloo on CPU), same contract.
 
-    `batch_size` is the global batch (the optimizer's), split evenly: batch_size / world per process, so the
-    number of steps and the LR schedule do not depend on the number of GPUs. The processes are started
-    with `spawn` (CUDA may already be in use in this kernel); the notebook's model travels to them with
-    cloudpickle (by value: its classes live in the notebook), the cached images through a memory-mapped
-    file. Each process shuffles its own shard every epoch (DistributedSampler, seeded); BatchNorm is
-    synchronised on GPUs (PyTorch's SyncBatchNorm has no CPU kernel). Rank 0 validates and writes the
-    checkpoints. A CUDA OOM on any process restarts all of them from last.pt with micro-batches half the
-    size. On return `model` holds the last epoch's weights; `log` is fed the history afterwards. val_ds=None: no
-    validation (the final fit, see `train`).
+    `batch_size` is the global batch, split evenly over the processes: the steps and the LR schedule do not depend on
+    the GPU count. The processes start with `spawn` (CUDA may be in use here); the notebook's model, loss and step
+    reach them by value with cloudpickle, the cached images through a memory-mapped file. BatchNorm is synchronised
+    on GPUs (SyncBatchNorm has no CPU kernel). A CUDA OOM anywhere restarts all from last.pt with half the micro-batch.
     """
     ensure_installed("cloudpickle", "cloudpickle>=2.2")
     import cloudpickle
@@ -950,9 +853,7 @@ def _ddp_worker(rank: int, world: int, work: str, port: int, resume: bool, chunk
         dist.destroy_process_group()
 
 
-# --------------------------------------------------------------------------------------------
-# Inference
-# --------------------------------------------------------------------------------------------
+# --- Inference ------------------------------------------------------------------------------------
 
 MULTI_SCALES = (0.75, 1.0, 1.25)  # the multi-scale TTA's input rescalings (docs/experiments.md, Inference)
 MULTI_SCALE_FROM = 384  # input side from which inference averages MULTI_SCALES instead of the input size alone
@@ -969,10 +870,8 @@ def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch
                   scales: Sequence[float] = (1.0,)) -> Iterable[tuple[int, np.ndarray]]:
     """Yield (index, probability map at the image's own size) for every item of a cached dataset.
 
-    Logits are computed at the training size, averaged with the horizontally flipped pass when
-    `tta` (and over the input rescaled by each of `scales`, sizes rounded to multiples of 16),
-    upsampled bilinearly to each image's original (H, W), and only then passed through
-    the sigmoid, so thresholds apply at full resolution.
+    Logits at the input size (averaged with the flipped pass when `tta`, and over the input rescaled by `scales`)
+    are upsampled bilinearly to each image's (H, W) before the sigmoid: thresholds apply at full resolution.
     """
     model.eval()
     dtype = amp_dtype(device, amp)
@@ -989,10 +888,7 @@ def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch
 
 def _scaled_logits(model: nn.Module, x: torch.Tensor, scale: float, tta: bool, device: torch.device,
                    dtype: torch.dtype | None) -> torch.Tensor:
-    """Logits of x resized by `scale` (and their flip when tta), brought back to x's size.
-
-    A rescaled side is rounded to a multiple of 2**model.depth (the UNet's poolings), so every level divides evenly.
-    """
+    """Logits of x resized by `scale` (side rounded to a multiple of 2**model.depth), flip-averaged, at x's size."""
     size = x.shape[-1]
     scaled = size
     if scale != 1:
@@ -1034,9 +930,7 @@ def choose_threshold(scores: np.ndarray, thresholds: Sequence[float]) -> tuple[f
 
 def drop_small_components(mask: np.ndarray, min_frac: float) -> np.ndarray:
     """The mask without its 8-connected regions smaller than `min_frac` of the largest one (0: unchanged)."""
-    if min_frac <= 0:
-        return mask
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool)) if min_frac > 0 else (None, 0)
     if n <= 1:
         return mask
     sizes = np.bincount(labels.ravel())
@@ -1073,9 +967,7 @@ def postprocess_dice(model: nn.Module, ds: CachedSegDataset | Subset, device: to
     return raw, post
 
 
-# --------------------------------------------------------------------------------------------
-# Submission: RLE, CSV writing, validation
-# --------------------------------------------------------------------------------------------
+# --- Submission: RLE, CSV writing, validation -----------------------------------------------------
 
 def rle_encode(mask: np.ndarray) -> str:
     """Run-length encode a binary mask in Fortran (column-major) order with 1-indexed starts."""
@@ -1175,9 +1067,7 @@ def validate_submission(csv_path: str | Path, test_images_dir: str | Path) -> in
     return len(seen)
 
 
-# --------------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------------
+# --- Plots ----------------------------------------------------------------------------------------
 
 def overlay(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (0, 255, 255),
             alpha: float = 0.4, outline: tuple[int, int, int] | None = (255, 255, 0)) -> np.ndarray:
@@ -1199,41 +1089,9 @@ def error_overlay(img: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: f
     return out
 
 
-ERROR_KINDS = ("FP suelto", "FP pegado", "parte perdida", "borde")
-
-
-def error_kinds(pred: np.ndarray, truth: np.ndarray, band_px: int) -> dict:
-    """Error pixels of one full-size prediction by kind, and the image's dominant kind ("tipo").
-
-    borde: errors within band_px of the true outline. FP suelto: predicted regions touching no person. FP pegado:
-    the other false positives (background joined to the person). parte perdida: the other false negatives.
-    "persona diminuta" (under 2% of the image) and "sin persona" name the image whatever its pixels say.
-    """
-    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-    fp, fn = pred & ~truth, ~pred & truth
-    square = np.ones((3, 3), bool)
-    band = (ndimage.binary_dilation(truth, square, iterations=band_px)
-            & ~ndimage.binary_erosion(truth, square, iterations=band_px, border_value=1))
-    labels, _ = ndimage.label(pred, structure=square)
-    detached = (labels > 0) & ~np.isin(labels, np.unique(labels[pred & truth]))
-    px = dict(zip(ERROR_KINDS, (int((fp & detached & ~band).sum()), int((fp & ~detached & ~band).sum()),
-                               int((fn & ~band).sum()), int(((fp | fn) & band).sum()))))
-    if not truth.any():
-        kind = "sin persona" + ("" if pred.any() else " (correcto)")
-    elif truth.mean() < 0.02:
-        kind = "persona diminuta"
-    else:
-        kind = max(px, key=px.get)
-    return px | {"tipo": kind}
-
-
 def show_grid(pictures: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 4,
               size: float = 3.0, dpi: int = 90):
-    """Show images in a grid with optional titles, displayed as one JPEG; returns the (closed) figure.
-
-    Photos saved as PNG, the inline default, weigh about 1 MB per grid: a notebook with a few grids would
-    be many megabytes. Outside IPython the figure is left open for plt.show().
-    """
+    """Images in a grid, shown as one JPEG (as PNG, a grid of photos weighs about 1 MB); returns the figure."""
     import matplotlib.pyplot as plt
     nrows = math.ceil(len(pictures) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
@@ -1244,14 +1102,11 @@ def show_grid(pictures: Sequence[np.ndarray], titles: Sequence[str] | None = Non
         if titles is not None:
             ax.set_title(titles[k], fontsize=9)
     fig.tight_layout()
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image as IPyImage
-        from IPython.display import display
-    except ImportError:
-        return fig
-    if get_ipython() is None:
-        return fig
+    ipython = sys.modules.get("IPython")  # imported already when a kernel runs this
+    if ipython is None or ipython.get_ipython() is None:
+        return fig  # outside a notebook: left open for plt.show()
+    from IPython.display import Image as IPyImage
+    from IPython.display import display
     buf = io.BytesIO()
     fig.savefig(buf, format="jpeg", dpi=dpi, pil_kwargs={"quality": 85})
     plt.close(fig)
@@ -1290,7 +1145,7 @@ def plot_history(history: dict[str, list[float]], cfg: TrainConfig, steps_per_ep
     t = np.arange(steps)
     axes[2].plot(t / steps_per_epoch, [cfg.lr * schedule(k) for k in t], label="programada, por paso")
     axes[2].plot(ep, history["lr"], "o", ms=3, label="registrada al final de cada época")
-    axes[2].set(xlabel="época", ylabel="tasa de aprendizaje", title="calentamiento lineal y coseno")
+    axes[2].set(xlabel="época", ylabel="tasa de aprendizaje", title="rampa lineal y coseno")
     axes[2].legend(fontsize=8)
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
@@ -1312,9 +1167,7 @@ def plot_val_dice(dice: Sequence[float], coverage: Sequence[float]):
     return fig
 
 
-# --------------------------------------------------------------------------------------------
-# Host: missing packages, the data's location, Kaggle credentials and download, demo data
-# --------------------------------------------------------------------------------------------
+# --- Host: missing packages, the data's location, Kaggle credentials and download, demo data ------
 
 COMPETITION = "tdl-obligatorio-2025"
 COMPETITION_URL = f"https://www.kaggle.com/competitions/{COMPETITION}"
@@ -1437,13 +1290,11 @@ def _colab_secrets(names: Sequence[str]) -> dict[str, str]:
 
 
 def kaggle_credentials(uploads: str | Path = ".") -> str | None:
-    """Make every supported Kaggle credential visible to the CLI; return which one it will use (never the secret).
+    """Make every supported Kaggle credential visible to the CLI; say which one it will use (None: none).
 
-    The Kaggle CLI 2.x (Colab ships 2.0.2) tries an API token first (KAGGLE_API_TOKEN, then
-    ~/.kaggle/access_token), then the legacy key (KAGGLE_USERNAME + KAGGLE_KEY, then kaggle.json).
-    Here, files `access_token` or `kaggle.json` uploaded to `uploads` (next to the notebook) are
-    copied to ~/.kaggle with mode 600, and Colab secrets of those names are put in this process's
-    environment, which the CLI inherits. Returns None when there is no credential.
+    The CLI 2.x tries a token (KAGGLE_API_TOKEN, ~/.kaggle/access_token), then the legacy key (KAGGLE_USERNAME and
+    KAGGLE_KEY, kaggle.json). `access_token` or `kaggle.json` uploaded next to the notebook are copied to ~/.kaggle
+    (mode 600); Colab secrets of those names go into this process's environment, which the CLI inherits.
     """
     uploads = Path(uploads)
     for name, target in (("access_token", Path.home() / ".kaggle" / "access_token"),
@@ -1523,12 +1374,10 @@ def missing_data_message(host: str) -> str:
 
 def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data",
                      host: str = "local") -> tuple[Path, bool]:
-    """Find the data: explicit path or "demo", else Kaggle input, data/, a Kaggle download, else (locally) the demo set.
+    """(root, is_demo): DATA_DIR or "demo", else Kaggle's input, data/, a Kaggle download, else (locally) the demo.
 
-    Returns (root, is_demo). An explicit path that does not exist is an error, never silently
-    replaced by other data; an existing but empty folder is auto-detected, with downloads and the
-    demo data going into it, and says so. On Colab and Kaggle (`host`), finding nothing is an error
-    that says how to get the data: the demo set is used there only when DATA_DIR == "demo".
+    A DATA_DIR that does not exist is an error, never replaced by other data; an empty one is filled by the search.
+    On Colab and Kaggle (`host`) finding nothing is an error that says how to get the data.
     """
     if str(data_dir) == "demo":
         return _demo_dataset(Path(local) / "demo"), True

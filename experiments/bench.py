@@ -125,10 +125,31 @@ def matmul_rate(device, dtype, n=2048, reps=20) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+def peak_step_memory(model: torch.nn.Module, img_size: int, batch: int, device: torch.device,
+                     dtype: torch.dtype | None, loss_fn: torch.nn.Module) -> int:
+    """Peak CUDA bytes of two real training steps (random data, AdamW, channels_last) at this size and batch."""
+    model.to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-9)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        x = torch.randn(batch, 3, img_size, img_size, device=device).to(memory_format=torch.channels_last)
+        y = (torch.rand(batch, 1, img_size, img_size, device=device) > 0.5).float()
+        for _ in range(2):
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return torch.cuda.max_memory_allocated(device)
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
 def step_peak(model, size, batch, device, dtype, loss_fn) -> float:
     """Peak GiB of two real training steps (random data) at this size and batch; nan when out of memory."""
     try:
-        return U.peak_step_memory(model, size, batch, device, dtype, loss_fn) / 2**30
+        return peak_step_memory(model, size, batch, device, dtype, loss_fn) / 2**30
     except torch.OutOfMemoryError:
         return float("nan")
 

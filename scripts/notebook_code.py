@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "obligatorio.ipynb"
@@ -31,13 +32,14 @@ def cells(tag: str, notebook: Path = NOTEBOOK) -> list[str]:
 
 def definitions(*tags: str, notebook: Path = NOTEBOOK) -> dict:
     """The namespace after executing the cells with these tags, in this order, with the notebook's imports that
-    those cells use (torch, nn, F, np, and utils as U) preloaded."""
+    those cells use (torch, nn, F, np, ndimage, and utils as U) preloaded."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     import utils as U
 
     # a module name no import finds: cloudpickle sends these definitions by value, as it does the notebook's
-    ns: dict = {"__name__": "obligatorio", "torch": torch, "nn": torch.nn, "F": F, "np": np, "U": U}
+    ns: dict = {"__name__": "obligatorio", "torch": torch, "nn": torch.nn, "F": F, "np": np, "ndimage": ndimage,
+                "U": U}
     for tag in tags:
         found = cells(tag, notebook)
         if not found:

@@ -42,6 +42,41 @@ def test_committed_without_outputs():
     assert max(len("".join(c["source"]).splitlines()) for c in story) <= 40, "keep cells short"
 
 
+def test_visible_code_prints_within_88_columns():
+    """A grader prints the notebook: longer lines are cut at the page's edge (the helpers cell is folded)."""
+    nb = json.loads(NOTEBOOK.read_text())
+    long = [line for c in nb["cells"] if c["cell_type"] == "code" and "helpers" not in c["metadata"].get("tags", [])
+            for line in "".join(c["source"]).splitlines() if len(line) > 88]
+    assert not long, long
+
+
+def markdown(nb: dict) -> list[str]:
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
+
+
+def test_the_section_map_names_the_headings_and_the_text_stays_within_its_limits():
+    nb = json.loads(NOTEBOOK.read_text())
+    texts = markdown(nb)
+    headings = {m[1]: m[2].strip() for t in texts for m in re.finditer(r"^## (\d+)\. (.+)$", t, flags=re.M)}
+    subsections = {m[1] for t in texts for m in re.finditer(r"^### (\d+\.\d+) ", t, flags=re.M)}
+    mapped = {m[1]: m[2].strip() for m in re.finditer(r"(\d+)\. ([^·|]+)", texts[0].split("| Sección |")[1])}
+    assert mapped and all(headings.get(n) == title for n, title in mapped.items()), (mapped, headings)
+    assert set(headings) == set(mapped), "every numbered section is in the map"
+    cited = {m[1] for t in texts for m in re.finditer(r"\(((?:[1-9]|10)\.\d)[,)]", t)}  # "(7.2)", "(4.1, 5.2)"
+    assert cited <= subsections, f"cited subsections that do not exist: {sorted(cited - subsections)}"
+    appendix = next(i for i, t in enumerate(texts) if t.startswith("## Apéndice A"))
+    assert sum(map(len, texts)) <= 45_000 and sum(map(len, texts[appendix:])) <= 6_000
+    words = " ".join(texts).lower()
+    assert not re.search(r"issue \d|next gpu call|\blent\b|sub-entrenad|post-proceso", words)
+
+
+def test_loss_and_training_step_are_defined_in_the_notebook_and_only_there():
+    for tag, names in (("loss", ("edge_band", "DiceBCELoss")), ("step", ("train_one_epoch",))):
+        source = "\n".join(notebook_cells(tag))
+        assert all(f"def {n}(" in source or f"class {n}(" in source for n in names)
+        assert not any(hasattr(U, n) for n in names), f"{names} also in utils.py"
+
+
 def test_every_cell_has_a_unique_id():
     """nbformat 4.5 requires cell ids: without them papermill and nbformat warn on every run (a future hard error)."""
     nb = json.loads(NOTEBOOK.read_text())

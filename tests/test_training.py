@@ -1,6 +1,5 @@
 """The training loop: learning, checkpoints, resume, NaN stop, OOM back-off, config checks."""
 import pickle
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -218,8 +217,6 @@ def test_amp_dtype_and_batch_finder_on_cpu(monkeypatch):
         U.amp_dtype(CPU, "bf16")
     with pytest.raises(ValueError, match="AMP='float16'.*parameters cell"):  # checked on any device
         U.amp_dtype(CPU, "float16")
-    with pytest.raises(ValueError, match="GPU"):
-        U.find_batch_size(torch.nn.Conv2d(3, 1, 1), 64, CPU, NB["DiceBCELoss"]())
 
 
 def test_cpu_bf16_needs_the_instructions_in_cpuinfo(tmp_path, monkeypatch):
@@ -257,25 +254,6 @@ def test_bf16_on_cpu_trains_in_bf16_keeps_fp32_weights_and_predicts_like_fp32(UN
     assert calls == ["bf16"]  # the validation sweep infers in the run's dtype too
 
 
-def test_batch_finder_halves_on_oom_and_on_a_peak_above_the_fraction(UNet, monkeypatch, capsys):
-    """The probe's halving logic, with the GPU simulated: 0.1 GiB per image on a 1 GiB card."""
-    probed = []
-
-    def fake_peak(model, size, batch, device, dtype, loss_fn):
-        probed.append(batch)
-        if batch > 16:
-            raise torch.OutOfMemoryError("simulated")
-        return int(batch * 0.1 * 2**30)
-
-    monkeypatch.setattr(U, "peak_step_memory", fake_peak)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=2**30))
-    loss_fn = NB["DiceBCELoss"]()
-    assert U.find_batch_size(UNet(base=8), 64, torch.device("cuda"), loss_fn, amp=False, max_batch=64) == 8
-    assert probed == [64, 32, 16, 8]  # OOM, OOM, 1.6 GiB > 80% of 1 GiB, 0.8 GiB fits
-    out = capsys.readouterr().out
-    assert out.count("sin memoria, a la mitad") == 2 and "> 80% de la GPU, a la mitad" in out
-
-
 def test_amp_dtype_per_gpu_generation(monkeypatch):
     """AMP=True picks bf16 from Ampere on and fp16 on a T4; "fp16" forces the T4's dtype anywhere (GPUs simulated)."""
     cuda = torch.device("cuda")
@@ -289,15 +267,6 @@ def test_amp_dtype_per_gpu_generation(monkeypatch):
         else:
             with pytest.raises(ValueError, match="Tesla T4 has no bf16"):
                 U.amp_dtype(cuda, "bf16")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_batch_finder_on_gpu(UNet):
-    model = UNet(base=8)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    b = U.find_batch_size(model, 64, torch.device("cuda"), NB["DiceBCELoss"](), max_batch=8)
-    assert 1 <= b <= 8
-    assert all(torch.equal(before[k], v.cpu()) for k, v in model.state_dict().items())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
