@@ -179,10 +179,7 @@ def _load_item(args: tuple[Path, Path | None, int]) -> tuple[np.ndarray, np.ndar
 
 
 class CachedSegDataset(Dataset):
-    """(image_path, mask_path or None) items decoded and resized once, kept in RAM as uint8 tensors.
-
-    Items are (3xSxS image, 1xSxS {0,1} mask; zeros for test images), uint8 until `to_input` on the device.
-    """
+    """(image, mask or None) paths decoded and resized once, kept in RAM as uint8 (test masks: zeros)."""
 
     def __init__(self, items: Sequence[tuple[Path, Path | None]], size: int,
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
@@ -361,11 +358,7 @@ def mean_dice(preds: Iterable, truths: Iterable) -> float:
 # --- Model cost and batch size --------------------------------------------------------------------
 
 def forward_cost(model: nn.Module, size: int, bytes_per_value: int = 4) -> tuple[int, float]:
-    """(activation bytes, forward GFLOPs) of one size x size image, on the meta device (shapes only, instant).
-
-    Activations are the leaf modules' outputs, what backward keeps (in-place ReLUs share storage: not counted);
-    a convolution's multiply-add counts as 2 FLOPs.
-    """
+    """(activation bytes, forward GFLOPs) of one size x size image: leaf outputs on the meta device, 2 FLOPs per MAC."""
     total, flops = 0, 0
 
     def hook(mod: nn.Module, _inp, out: torch.Tensor) -> None:
@@ -456,12 +449,12 @@ class TrainConfig:
     edge_px: int = 1  # the outline band: pixels within this distance of the mask's border, both sides
     amp: bool | str = True  # False, True (bf16 on Ampere+, fp16 on a T4) or "fp16"/"bf16": amp_dtype
     patience: int = 0  # early stopping: epochs without val Dice gain (0: off)
-    time_budget_min: float = 0.0  # stop after the epoch that crosses it (0: no limit)
+    time_budget_min: float = 0.0  # minutes the plan gave the run's epochs (plan_run; 0: epochs were given)
     model: dict = field(default_factory=dict)  # architecture + data settings a checkpoint must match
     data: dict = field(default_factory=dict)  # how batches are made (batch, augmentation, split); a resume must match
 
 
-RESUMABLE = ("amp", "patience", "time_budget_min")  # the only TrainConfig fields a resumed run may change
+RESUMABLE = ("amp", "patience")  # the only TrainConfig fields a resumed run may change
 
 
 def config_diff(saved: dict, now: dict) -> dict:
@@ -512,11 +505,7 @@ def load_checkpoint(path: str | Path, model_config: dict | None = None) -> dict:
 
 def backward_in_parts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forward_backward: Callable,
                       opt: torch.optim.Optimizer, state: dict) -> tuple[float, torch.Tensor]:
-    """forward_backward(xb, yb) -> (loss, logits) over the batch in state["chunks"] parts; (batch loss, logits).
-
-    A CUDA OOM doubles the parts and runs the batch again (under DDP it is raised for train_distributed); a NaN or
-    inf loss raises TrainingDiverged, under DDP on every process at the same step.
-    """
+    """(batch loss, logits) of forward_backward over state["chunks"] parts; an OOM doubles them, a NaN raises."""
     ddp = isinstance(model, DistributedDataParallel)
     while True:
         try:
@@ -577,23 +566,15 @@ def to_device(x: torch.Tensor, y: torch.Tensor, loader: DataLoader,
 
 
 def _memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA (tensor cores). Not on the CPU: 1.09x faster there, but the sums then depend on how a
-    batch is split (batch 4 vs 2 + 2: weights 0.01 apart after 15 Adam steps, 1e-5 in NCHW), see docs/experiments.md."""
+    """channels_last on CUDA; not on a CPU, where it makes sums depend on the batch split (docs/experiments.md)."""
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, cfg: TrainConfig,
           run_dir: str | Path, device: torch.device, *, loss_fn: nn.Module, train_epoch: Callable,
           resume: bool = True, log: Callable[[dict], None] | None = None, chunks: int = 1,
-          on_checkpoint: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
-    """The epochs: AdamW with warm-up + cosine LR, validation, checkpoints, resume, early stopping; the history.
-
-    `train_epoch(model, loader, loss_fn, opt, sched, scaler, cfg, device, state, epoch) -> (loss, Dice)` is the
-    notebook's step; `loss_fn` its loss, which also validates. Writes run_dir/last.pt every epoch and best.pt when
-    validation Dice improves, and resumes from last.pt. val_loader=None (the final fit): no validation (NaN), no
-    best.pt, the last epoch's weights. `on_checkpoint(ck)` follows each last.pt. Under torch.distributed each
-    process runs this loop on its shard; rank 0 alone validates, prints and writes, and its stops reach every one.
-    """
+          on_checkpoint: Callable[[dict], None] | None = None, quiet: bool = False) -> dict[str, list[float]]:
+    """The epochs: AdamW, warm-up + cosine LR, validation, last.pt/best.pt, resume, early stopping; the history."""
     if val_loader is None and cfg.patience:
         raise ValueError(f"patience={cfg.patience} needs validation data: with val_loader=None use patience=0")
     run_dir = Path(run_dir)
@@ -606,7 +587,8 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(steps, max(1, int(cfg.warmup_epochs * len(train_loader)))))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, cfg.amp) == torch.float16)
-    history: dict[str, list[float]] = {k: [] for k in ("train_loss", "val_loss", "train_dice", "val_dice", "lr")}
+    history: dict[str, list[float]] = {k: [] for k in ("train_loss", "val_loss", "train_dice", "val_dice", "lr",
+                                                        "train_s")}  # train_s: seconds of the epoch's training
     start, best, stale, state = 0, -1.0, 0, {"chunks": chunks}
     last = run_dir / "last.pt"
     if resume and last.exists():
@@ -621,20 +603,24 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
         if rank == 0:
             print(f"reanudado desde {last}: {start} épocas hechas"
                   + ("" if val_loader is None else f", mejor Dice de validación {best:.4f}"))
+    every = max(1, math.ceil(cfg.epochs / 10))  # about ten lines a training: the curves (6.4) show every epoch
+    if rank == 0 and not quiet and every > 1 and start < cfg.epochs:
+        print(f"se imprime una de cada {every} épocas (y la última); las curvas muestran todas")
     net = model
     if distributed:  # after loading: DDP starts by copying rank 0's weights to every process
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    t0 = time.time()
     for epoch in range(start, cfg.epochs):
         sampler = getattr(train_loader, "sampler", None)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)  # a new shuffle, and a new shard per process, every epoch
+        t0 = time.time()
         try:
             tr_loss, tr_dice = train_epoch(net, train_loader, loss_fn, opt, sched, scaler, cfg, device, state, epoch)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e} in epoch {epoch + 1}. Training stopped; the last good checkpoint is {last} "
                                    f"(exists: {last.exists()}). Set AMP=False and resume, or lower LR and train anew "
                                    f"in another RUN_DIR (a resumed run keeps its LR schedule).") from None
+        seconds = time.time() - t0  # this process's training time of the epoch, validation not included
         if distributed:  # the epoch's training figures averaged over the processes' shards
             t = torch.tensor([tr_loss, tr_dice], device=device)
             dist.all_reduce(t)
@@ -645,7 +631,7 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
             continue
         va_loss, va_dice = (math.nan, math.nan) if val_loader is None else evaluate(
             model, val_loader, loss_fn, device, cfg.amp)
-        for k, v in zip(history, (tr_loss, va_loss, tr_dice, va_dice, sched.get_last_lr()[0])):
+        for k, v in zip(history, (tr_loss, va_loss, tr_dice, va_dice, sched.get_last_lr()[0], seconds)):
             history[k].append(v)
         improved = va_dice > best
         best, stale = (va_dice, 0) if improved else (best, stale + 1)
@@ -658,28 +644,84 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | N
             save_checkpoint(run_dir / "best.pt", ck)
         if on_checkpoint is not None:
             on_checkpoint(ck)
-        if val_loader is None:
+        stop = bool(cfg.patience and stale >= cfg.patience)  # the one stop inside a schedule: an opt-in
+        shown = not quiet and ((epoch + 1) % every == 0 or epoch == start or epoch + 1 == cfg.epochs or stop)
+        if shown and val_loader is None:
             print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}  Dice {tr_dice:.4f} (entrenamiento, "
-                  f"sin validación)  LR {history['lr'][-1]:.2e}")
-        else:
-            print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}/{va_loss:.4f} (entr./val.)  "
-                  f"Dice {tr_dice:.4f}/{va_dice:.4f}  LR {history['lr'][-1]:.2e}{'  *mejor*' if improved else ''}")
+                  f"sin validación)  LR {history['lr'][-1]:.1e}")
+        elif shown:
+            print(f"época {epoch + 1:3d}/{cfg.epochs}  pérdida {tr_loss:.4f}/{va_loss:.4f}  Dice {tr_dice:.4f}/"
+                  f"{va_dice:.4f} (entr./val.)  LR {history['lr'][-1]:.1e}{'  *mejor*' if improved else ''}")
         if log is not None:
             log({k: v[-1] for k, v in history.items()} | {"epoch": epoch + 1})
-        stop = False
-        if cfg.patience and stale >= cfg.patience:
+        if stop:
             print(f"parada temprana: el Dice de validación no mejoró en {cfg.patience} épocas")
-            stop = True
-        elif cfg.time_budget_min and time.time() - t0 > 60 * cfg.time_budget_min:
-            print(f"presupuesto de {cfg.time_budget_min} min alcanzado tras la época {epoch + 1}")
-            stop = True
         if (_any_rank(stop, device) if distributed else stop):
             break
     return history
 
 
-def init_wandb(project: str, config: dict):
-    """A W&B run when WANDB_API_KEY (env or Colab secret) is set and wandb installed; else None, said aloud."""
+def probe_speed(model: nn.Module, train_ds: Subset, val_ds: Subset, cfg: TrainConfig, device: torch.device,
+                batch_size: int, *, loss_fn: nn.Module, train_epoch: Callable, steps: int = 6) -> tuple[float, float]:
+    """(seconds per training batch, seconds per validation pass), timed on a copy of the model."""
+    net = copy.deepcopy(model).to(device, memory_format=_memory_format(device))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, cfg.amp) == torch.float16)
+
+    def timed(run: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    def batches(n: int) -> DataLoader:
+        return DataLoader(Subset(train_ds.base, train_ds.indices[:n * batch_size], train_ds.transform), batch_size)
+    steps = max(1, min(steps, len(train_ds) // batch_size - 2))
+    state = {"chunks": 1}
+    timed(lambda: train_epoch(net, batches(2), loss_fn, opt, sched, scaler, cfg, device, state, 0))  # warm-up
+    s_batch = timed(lambda: train_epoch(net, batches(steps), loss_fn, opt, sched, scaler, cfg, device, state, 0))
+    s_val = timed(lambda: evaluate(net, DataLoader(val_ds, batch_size), loss_fn, device, cfg.amp))
+    return s_batch / steps, s_val
+
+
+def plan_run(run_dir: str | Path, budget_min: float, probe: Callable[[], tuple[float, float]], batches: int,
+             final_batches: int, final_share: float) -> dict:
+    """The plan for budget_min minutes: RUN_DIR/plan.json if a session made it, else timed by `probe` and saved."""
+    path = Path(run_dir) / "plan.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    s_batch, s_val = probe()
+    val_epoch_s, final_epoch_s = batches * s_batch + s_val, final_batches * s_batch
+    epochs = max(1, int(60 * budget_min // (val_epoch_s + final_share * final_epoch_s)))
+    plan = {"budget_min": budget_min, "s_batch": s_batch, "s_val": s_val, "epochs": epochs,
+            "train_min": epochs * val_epoch_s / 60, "final_epochs": round(final_share * epochs),
+            "final_min": round(final_share * epochs) * final_epoch_s / 60}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan, indent=1))
+    return plan
+
+
+MIN_FINAL_EPOCHS = 4  # a planned final fit shorter than this is skipped: its warm-up alone is one epoch
+
+
+def replan_final_fit(run_dir: str | Path, plan: dict, history: dict[str, list[float]], batches: int,
+                     final_batches: int) -> int:
+    """The final fit's epochs at the measured speed (0 under MIN_FINAL_EPOCHS), decided once in plan.json."""
+    if not plan.get("final_replanned"):
+        s_batch = float(np.median(history["train_s"])) / batches  # this machine's speed, measured epoch by epoch
+        used_s = sum(history["train_s"]) + len(history["train_s"]) * plan["s_val"]
+        fit = min(plan["final_epochs"], int((60 * plan["budget_min"] - used_s) // (final_batches * s_batch)))
+        plan.update(final_epochs=fit if fit >= MIN_FINAL_EPOCHS else 0, final_replanned=True)
+        (Path(run_dir) / "plan.json").write_text(json.dumps(plan, indent=1))
+    return plan["final_epochs"]
+
+
+def init_wandb(project: str, config: dict, **run_kw):
+    """A W&B run when WANDB_API_KEY (env or Colab secret) and wandb are there; else None, said aloud."""
     key = os.environ.get("WANDB_API_KEY") or _colab_secrets(["WANDB_API_KEY"]).get("WANDB_API_KEY")
     if not key:
         print("W&B: sin WANDB_API_KEY (variable de entorno o secreto de Colab); se entrena sin registrar")
@@ -690,35 +732,109 @@ def init_wandb(project: str, config: dict):
         print("W&B: falta el paquete (pip install wandb); se entrena sin registrar")
         return None
     wandb.login(key=key)
-    return wandb.init(project=project, config=config)
+    return wandb.init(project=project, config=config, **run_kw)
 
 
 # --- Training in several processes (one per GPU) --------------------------------------------------
 
-def resolve_devices(devices: int | str, device: torch.device) -> int:
+COLLECTIVE_TIMEOUT = timedelta(minutes=5)  # a collective that waits longer stops the training processes
+PREFLIGHT_S = 120  # seconds the processes get to start, join and train one step together before training
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The processes' backend: "auto" is NCCL on GPUs and gloo on a CPU; "gloo" on GPUs lets processes share one."""
+    if backend not in ("auto", "nccl", "gloo") or (backend == "nccl" and device.type != "cuda"):
+        raise ValueError(f"DDP_BACKEND={backend!r}: use \"auto\", \"gloo\" or, on GPUs, \"nccl\" (parameters cell)")
+    return ("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend
+
+
+def resolve_devices(devices: int | str, device: torch.device, backend: str = "auto") -> int:
     """Training processes: "auto" means every visible GPU (1 on CPU); an int forces it (CPU: gloo processes)."""
     if devices == "auto":
         return torch.cuda.device_count() if device.type == "cuda" else 1
     n = int(devices)
     if n < 1:
         raise ValueError(f"DEVICES={devices!r}: use \"auto\" or a number of processes >= 1")
-    if device.type == "cuda" and n > torch.cuda.device_count():
-        raise ValueError(f"DEVICES={n} but only {torch.cuda.device_count()} GPU(s) are visible: "
-                         f"use DEVICES=\"auto\" or at most {torch.cuda.device_count()}")
+    if device.type == "cuda" and n > torch.cuda.device_count() and resolve_backend(backend, device) == "nccl":
+        raise ValueError(f"DEVICES={n} but only {torch.cuda.device_count()} GPU(s) are visible: use DEVICES=\"auto\" "
+                         f"or at most {torch.cuda.device_count()} (or DDP_BACKEND=\"gloo\", processes sharing GPUs)")
     return n
+
+
+def preflight(model: nn.Module, loss_fn: nn.Module, world: int, device: torch.device, strict: bool,
+              backend: str = "auto", timeout: float = PREFLIGHT_S) -> int:
+    """`world` if that many processes join, all-reduce and train a tiny step together in time; else 1, said aloud."""
+    backend = resolve_backend(backend, device)
+    failure = _preflight_once(model, loss_fn, world, device.type, backend, timeout)
+    if failure and backend == "nccl" and not os.environ.get("NCCL_P2P_DISABLE"):
+        print(f"prueba de {world} procesos fallida ({failure}); se reintenta con NCCL_P2P_DISABLE=1")
+        os.environ["NCCL_P2P_DISABLE"] = "1"  # the training processes inherit it
+        failure = _preflight_once(model, loss_fn, world, device.type, backend, timeout)
+    if failure is None:
+        print(f"prueba previa: {world} procesos ({backend}) se conectaron y entrenaron un paso juntos")
+        return world
+    if strict:
+        raise RuntimeError(f"DEVICES={world}: the training processes failed their pre-flight check: {failure}. "
+                           f"Set DEVICES=1 (or \"auto\") in the parameters cell to train in one process.")
+    print("=" * 78 + f"\n  AVISO: la prueba de {world} procesos falló ({failure}).\n  Se entrena en UN proceso "
+          f"(DEVICES = 1): más lento, el mismo resultado.\n" + "=" * 78)
+    return 1
+
+
+def _preflight_once(model: nn.Module, loss_fn: nn.Module, world: int, device_type: str, backend: str,
+                    timeout: float) -> str | None:
+    """One pre-flight of `world` processes: None when all passed, else what failed and where."""
+    import cloudpickle
+    with tempfile.TemporaryDirectory(prefix="tdl_preflight_") as tmp:
+        work = Path(tmp)
+        (work / "payload.pkl").write_bytes(cloudpickle.dumps((copy.deepcopy(model).cpu(), loss_fn)))
+        args = (world, tmp, _free_port(), device_type, backend, timeout)
+        failure = _spawn(_preflight_worker, args, world, timeout=timeout)
+        reached = {r: (work / f"step{r}.txt").read_text() if (work / f"step{r}.txt").exists() else "no arrancó"
+                   for r in range(world)}
+    if failure is None:
+        return None
+    stuck = ", ".join(f"proceso {r}: {step}" for r, step in reached.items() if step != "listo")
+    said = f"sin respuesta en {timeout:.0f} s" if failure == "timeout" else str(failure).strip().splitlines()[-1]
+    return f"{said}; último paso alcanzado: {stuck or 'todos'}"
+
+
+def _preflight_worker(rank: int, world: int, work: str, port: int, device_type: str, backend: str,
+                      timeout: float) -> None:
+    """One pre-flight process: join the group, all-reduce, one forward/backward under DDP; marks each step it passes."""
+    import cloudpickle
+
+    def reached(step: str) -> None:
+        Path(work, f"step{rank}.txt").write_text(step)
+    reached("arrancó")
+    model, loss_fn = cloudpickle.loads(Path(work, "payload.pkl").read_bytes())
+    device = _join_group(rank, world, port, device_type, backend, timedelta(seconds=timeout))
+    cuda = device.type == "cuda"
+    try:
+        reached("se unió al grupo")
+        total = torch.ones(1, device=device)
+        dist.all_reduce(total)
+        if total.item() != world:
+            raise RuntimeError(f"all-reduce gave {total.item()}, not {world}")
+        reached("all-reduce")
+        if cuda:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model.to(device), device_ids=[device] if cuda else None)
+        side = 2 ** getattr(model, "depth", 4) * 2
+        x = torch.randn(2, 3, side, side, device=device)
+        loss_fn(net(x), (x[:, :1] > 0).float()).backward()  # SyncBatchNorm and the gradients' all-reduce
+        reached("paso de entrenamiento")
+        dist.barrier()
+        reached("listo")
+    finally:
+        dist.destroy_process_group()
 
 
 def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset | None, cfg: TrainConfig,
                       run_dir: str | Path, device: torch.device, world: int, batch_size: int, seed: int, *,
-                      loss_fn: nn.Module, train_epoch: Callable, resume: bool = True,
+                      loss_fn: nn.Module, train_epoch: Callable, resume: bool = True, backend: str = "auto",
                       log: Callable[[dict], None] | None = None) -> dict[str, list[float]]:
-    """`train` in `world` processes under DistributedDataParallel (NCCL on GPUs, gloo on CPU), same contract.
-
-    `batch_size` is the global batch, split evenly over the processes: the steps and the LR schedule do not depend on
-    the GPU count. The processes start with `spawn` (CUDA may be in use here); the notebook's model, loss and step
-    reach them by value with cloudpickle, the cached images through a memory-mapped file. BatchNorm is synchronised
-    on GPUs (SyncBatchNorm has no CPU kernel). A CUDA OOM anywhere restarts all from last.pt with half the micro-batch.
-    """
+    """`train` in `world` DDP processes (NCCL on GPUs, gloo on CPU) with a global `batch_size`; same contract."""
     ensure_installed("cloudpickle", "cloudpickle>=2.2")
     import cloudpickle
     if batch_size % world:
@@ -740,10 +856,10 @@ def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset | None,
             base.images, base.masks = images, masks
         (work / "payload.pkl").write_bytes(payload)
         if device.type == "cuda":
-            torch.cuda.empty_cache()  # this kernel's cached blocks (batch probe) would crowd rank 0's GPU
+            torch.cuda.empty_cache()  # this kernel's cached blocks (the speed probe) would crowd rank 0's GPU
         chunks, started = 1, time.time()
         while True:
-            failure = _run_workers(world, work, resume, chunks, per_rank, device.type)
+            failure = _run_workers(world, work, resume, chunks, per_rank, device.type, resolve_backend(backend, device))
             if failure is None:
                 break
             if failure.get("error") == "oom" and chunks < per_rank:
@@ -759,7 +875,9 @@ def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset | None,
                 raise torch.OutOfMemoryError(f"{failure['message']} (micro-batch already 1 per process: lower "
                                              f"IMG_SIZE or BASE_CHANNELS)")
             raise RuntimeError(f"{failure['message']}. The last complete epoch is in {last} (exists: "
-                               f"{last.exists()}); run the training cell again to resume from it.")
+                               f"{last.exists()}); run the training cell again to resume from it, with DEVICES=1 "
+                               f"(one process) if the processes stopped answering ({COLLECTIVE_TIMEOUT} without a "
+                               f"collective).")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ck = load_checkpoint(last, cfg.model)
@@ -771,6 +889,18 @@ def train_distributed(model: nn.Module, train_ds: Subset, val_ds: Subset | None,
     return history
 
 
+def _join_group(rank: int, world: int, port: int, device_type: str, backend: str,
+                timeout: timedelta) -> torch.device:
+    """This process's device (GPU rank % count, or the CPU), once it has joined the group at localhost:port."""
+    device = torch.device("cuda", rank % torch.cuda.device_count()) if device_type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timeout, device_id=device if backend == "nccl" else None)
+    return device
+
+
 def _free_port() -> int:
     """A TCP port on localhost that nothing listens on now (for the processes' rendezvous)."""
     with socket.socket() as s:
@@ -778,42 +908,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_workers(world: int, work: Path, resume: bool, chunks: int, per_rank: int, device_type: str) -> dict | None:
-    """Start the processes and wait; None when all finished, else what failed: {"error", "message"}."""
+def _spawn(worker: Callable, args: tuple, world: int, timeout: float | None = None,
+           tick: Callable[[], None] | None = None) -> str | Exception | None:
+    """worker(rank, *args) in `world` spawned processes: None if all ended well, else the exception or "timeout"."""
     import torch.multiprocessing as mp
-    for f in [*work.glob("failure*.json"), *work.glob("out*.txt")]:  # from an earlier launch
-        f.unlink()
-    args = (world, str(work), _free_port(), resume, chunks, per_rank, device_type)
-    ctx = mp.start_processes(_ddp_worker, args=args, nprocs=world, join=False, start_method="spawn")
-    log, shown = work / "out0.txt", 0
-
-    def relay() -> int:  # rank 0's printed lines, shown here: a kernel may not show a child process's output
-        text = log.read_text() if log.exists() else ""
-        end = text.rfind("\n") + 1
-        if end > shown:
-            print(text[shown:end], end="", flush=True)
-        return max(end, shown)
+    ctx = mp.start_processes(worker, args=args, nprocs=world, join=False, start_method="spawn")
+    deadline = None if timeout is None else time.time() + timeout
     try:
         while not ctx.join(timeout=0.5):
-            shown = relay()
-        relay()
+            if tick is not None:
+                tick()
+            if deadline is not None and time.time() > deadline:
+                return "timeout"
         return None
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-        relay()
-        # what the processes recorded before failing (the one that saw the problem itself first), else the exception
-        recorded = [json.loads(f.read_text()) for f in sorted(work.glob("failure*.json"))]
-        if recorded:
-            return sorted(recorded, key=lambda r: not r["own"])[0]
-        return {"error": "died", "message": f"training process {e.error_index} failed: {str(e).strip()[-2000:]}"}
-    finally:  # a stop of the kernel (KeyboardInterrupt) must not leave processes training
+        return e
+    finally:
         for p in ctx.processes:
             if p.is_alive():
                 p.terminate()
             p.join()
 
 
+def _run_workers(world: int, work: Path, resume: bool, chunks: int, per_rank: int, device_type: str,
+                 backend: str) -> dict | None:
+    """Start the training processes and wait; None when all finished, else what failed: {"error", "message"}."""
+    for f in [*work.glob("failure*.json"), *work.glob("out*.txt")]:  # from an earlier launch
+        f.unlink()
+    log, shown = work / "out0.txt", [0]
+
+    def relay() -> None:  # rank 0's printed lines, shown here: a kernel may not show a child process's output
+        text = log.read_text() if log.exists() else ""
+        end = text.rfind("\n") + 1
+        if end > shown[0]:
+            print(text[shown[0]:end], end="", flush=True)
+            shown[0] = end
+    failure = _spawn(_ddp_worker, (world, str(work), _free_port(), resume, chunks, per_rank, device_type, backend),
+                     world, tick=relay)
+    relay()
+    if failure is None:
+        return None
+    # what the processes recorded before failing (the one that saw the problem itself first), else the exception
+    recorded = [json.loads(f.read_text()) for f in sorted(work.glob("failure*.json"))]
+    if recorded:
+        return sorted(recorded, key=lambda r: not r["own"])[0]
+    return {"error": "died", "message": f"training process {getattr(failure, 'error_index', '?')} failed: "
+                                        f"{str(failure).strip()[-2000:]}"}
+
+
 def _ddp_worker(rank: int, world: int, work: str, port: int, resume: bool, chunks: int, per_rank: int,
-                device_type: str) -> None:
+                device_type: str, backend: str) -> None:
     """One training process of train_distributed (runs in a fresh interpreter started by spawn)."""
     global PROGRESS_BARS
     PROGRESS_BARS = False
@@ -824,24 +968,20 @@ def _ddp_worker(rank: int, world: int, work: str, port: int, resume: bool, chunk
         (work_dir / "payload.pkl").read_bytes())
     data = torch.load(work_dir / "data.pt", mmap=True, weights_only=True)  # shared pages, no copy per process
     train_ds.base.images, train_ds.base.masks = data["images"], data["masks"]
-    cuda = device_type == "cuda"
-    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     seed_everything(seed + rank)  # different augmentation draws on each process
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=timedelta(minutes=10), device_id=device if cuda else None)
+    device = _join_group(rank, world, port, device_type, backend, COLLECTIVE_TIMEOUT)
+    cuda = device.type == "cuda"
     try:
-        if cuda and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        if cuda:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed)
         train_loader = DataLoader(train_ds, per_rank, sampler=sampler, drop_last=len(sampler) > per_rank,
                                   pin_memory=cuda)
         val_loader = None if val_ds is None else DataLoader(val_ds, per_rank * world, pin_memory=cuda)
         if rank == 0:
-            print(f"entrenando en {world} {'GPUs' if cuda else 'procesos de CPU (gloo)'}, batch {per_rank} por "
-                  f"{'GPU' if cuda else 'proceso'}, efectivo {per_rank * world}")
+            where = f"GPUs ({backend})" if cuda else "procesos de CPU (gloo)"
+            print(f"entrenando en {world} {where}, batch {per_rank} por {'GPU' if cuda else 'proceso'}, "
+                  f"efectivo {per_rank * world}")
         train(model, train_loader, val_loader, cfg, run_dir, device, loss_fn=loss_fn, train_epoch=train_epoch,
               resume=resume, chunks=chunks)
     except (torch.OutOfMemoryError, TrainingDiverged) as e:
@@ -868,11 +1008,7 @@ def tta_scales(img_size: int) -> tuple[float, ...]:
 def predict_probs(model: nn.Module, ds: CachedSegDataset | Subset, device: torch.device, tta: bool = True,
                   batch_size: int = 8, amp: bool | str = True,
                   scales: Sequence[float] = (1.0,)) -> Iterable[tuple[int, np.ndarray]]:
-    """Yield (index, probability map at the image's own size) for every item of a cached dataset.
-
-    Logits at the input size (averaged with the flipped pass when `tta`, and over the input rescaled by `scales`)
-    are upsampled bilinearly to each image's (H, W) before the sigmoid: thresholds apply at full resolution.
-    """
+    """(index, probability map at the image's own size) per item: averaged logits upsampled, then the sigmoid."""
     model.eval()
     dtype = amp_dtype(device, amp)
     for lo in range(0, len(ds), batch_size):
@@ -920,8 +1056,7 @@ def threshold_sweep(model: nn.Module, ds: CachedSegDataset | Subset, device: tor
 
 
 def choose_threshold(scores: np.ndarray, thresholds: Sequence[float]) -> tuple[float, int, float, float]:
-    """Section 7's rule on a sweep's per-image Dice (N x T): (threshold, index of the best, its mean paired gain over
-    0.5, two standard errors of that gain). The best replaces 0.5 only when its gain exceeds the two SE."""
+    """(threshold, best index, paired gain over 0.5, 2 SE): the best replaces 0.5 only if its gain exceeds 2 SE."""
     at_05, best = list(thresholds).index(0.5), int(scores.mean(0).argmax())
     gain = scores[:, best] - scores[:, at_05]  # paired, image by image
     noise = 2 * gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
@@ -1167,6 +1302,19 @@ def plot_val_dice(dice: Sequence[float], coverage: Sequence[float]):
     return fig
 
 
+def plot_experiments(curves: dict[str, list[float]]):
+    """Each variant's validation Dice per epoch (section 6.5's ladder), in one figure."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for name, dice in curves.items():
+        ax.plot(np.arange(1, len(dice) + 1), dice, label=name)
+    ax.set(xlabel="época", ylabel="Dice de validación (entrada)", title="escalera de experimentos")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 # --- Host: missing packages, the data's location, Kaggle credentials and download, demo data ------
 
 COMPETITION = "tdl-obligatorio-2025"
@@ -1212,26 +1360,17 @@ def is_data_root(path: Path) -> bool:
 
 
 def find_data_roots(path: str | Path, depth: int = 2, exclude: Path | None = None) -> list[Path]:
-    """Folders at or below `path` (up to `depth` levels, breadth-first, skipping `exclude`) in the data layout."""
-    found, level = [], [Path(path)]
-    for d in range(depth + 1):
-        below = []
-        for folder in level:
-            if folder == exclude or not folder.is_dir():
-                continue
-            if is_data_root(folder):
-                found.append(folder)  # not searched further: its own subfolders are the data
-            elif d < depth:
-                with os.scandir(folder) as entries:
-                    below += sorted(Path(e.path) for e in entries if e.is_dir() and not e.name.startswith("."))
-        level = below
-    return found
+    """Folders at or below `path` (`depth` levels, not hidden, not `exclude`) in the data layout, shallowest first."""
+    path = Path(path)
+    found = {p.parents[1] for d in range(depth + 1) for p in path.glob("*/" * d + "train/images")}
+    return sorted((r for r in found if is_data_root(r) and exclude not in (r, *r.parents)
+                   and not any(part.startswith(".") for part in r.relative_to(path).parts)),
+                  key=lambda r: (len(r.parts), str(r)))
 
 
 def find_data_root(path: str | Path, depth: int = 2, exclude: Path | None = None) -> Path | None:
-    """The first folder at or below `path` in the competition layout (see find_data_roots), or None."""
-    roots = find_data_roots(path, depth, exclude)
-    return roots[0] if roots else None
+    """The shallowest folder at or below `path` in the competition layout (see find_data_roots), or None."""
+    return next(iter(find_data_roots(path, depth, exclude)), None)
 
 
 def find_kaggle_data(root: str | Path | None = None, depth: int = 4) -> Path | None:
@@ -1290,12 +1429,7 @@ def _colab_secrets(names: Sequence[str]) -> dict[str, str]:
 
 
 def kaggle_credentials(uploads: str | Path = ".") -> str | None:
-    """Make every supported Kaggle credential visible to the CLI; say which one it will use (None: none).
-
-    The CLI 2.x tries a token (KAGGLE_API_TOKEN, ~/.kaggle/access_token), then the legacy key (KAGGLE_USERNAME and
-    KAGGLE_KEY, kaggle.json). `access_token` or `kaggle.json` uploaded next to the notebook are copied to ~/.kaggle
-    (mode 600); Colab secrets of those names go into this process's environment, which the CLI inherits.
-    """
+    """Put uploaded credential files and Colab secrets where the Kaggle CLI looks; say which it uses (None: none)."""
     uploads = Path(uploads)
     for name, target in (("access_token", Path.home() / ".kaggle" / "access_token"),
                          ("kaggle.json", _kaggle_config_dir() / "kaggle.json")):
@@ -1353,6 +1487,48 @@ def download_competition(dest: str | Path) -> Path:
     return root
 
 
+def kaggle_submit(csv_path: str | Path, message: str) -> None:
+    """Submit a CSV to the competition with the Kaggle CLI; `message` names it in the submissions list."""
+    cmd = [kaggle_cli(), "competitions", "submit", "-c", COMPETITION, "-f", str(csv_path), "-m", message]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"`kaggle competitions submit` failed (exit {done.returncode}):\n"
+                           f"{(done.stdout + done.stderr).strip()[-1500:]}\nSubmit {csv_path} by hand: "
+                           f"{COMPETITION_URL}/submissions -> Submit Prediction.")
+    print(f"subido a Kaggle: {Path(csv_path).name} ({message})")
+
+
+def kaggle_score(message: str, wait_s: float = 300, every_s: float = 15) -> str | None:
+    """The public score of the submission named `message`, once Kaggle has scored it; None after wait_s seconds."""
+    deadline = time.time() + wait_s
+    while True:
+        done = subprocess.run([kaggle_cli(), "competitions", "submissions", "-c", COMPETITION, "--csv"],
+                              capture_output=True, text=True)
+        text = done.stdout[done.stdout.find("fileName,"):] if done.returncode == 0 else ""
+        row = next((r for r in csv.DictReader(io.StringIO(text)) if r.get("description") == message), None)
+        status = (row or {}).get("status", "").rsplit(".", 1)[-1].lower()  # CLI 2.x: SubmissionStatus.COMPLETE
+        if status == "complete" and row["publicScore"]:
+            return row["publicScore"]
+        if status == "error":
+            raise RuntimeError(f"Kaggle could not score the submission {message!r}: look at {COMPETITION_URL}/"
+                               f"submissions and check the CSV (U.validate_submission)")
+        if time.time() + every_s > deadline:
+            return None
+        time.sleep(every_s)
+
+
+KAGGLE_WORKING = Path(os.environ.get("TDL_KAGGLE_WORKING", "/kaggle/working"))  # tests point it elsewhere
+
+
+def copy_for_kaggle(csv_path: str | Path) -> Path:
+    """Copy the CSV to /kaggle/working/submission.csv, the name Kaggle's notebooks and tutorials write."""
+    target = KAGGLE_WORKING / "submission.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(csv_path, target)
+    print(f"copia para Kaggle: {target} (la salida del notebook que se elige al enviar)")
+    return target
+
+
 def missing_data_message(host: str) -> str:
     """What to do when no competition data is found on Colab or Kaggle (where a silent demo run would mislead)."""
     common = ('Or set DATA_DIR to the unzipped download (the folder with train/ and test/), or DATA_DIR = "demo" '
@@ -1374,11 +1550,7 @@ def missing_data_message(host: str) -> str:
 
 def resolve_data_dir(data_dir: str | Path | None, local: str | Path = "data",
                      host: str = "local") -> tuple[Path, bool]:
-    """(root, is_demo): DATA_DIR or "demo", else Kaggle's input, data/, a Kaggle download, else (locally) the demo.
-
-    A DATA_DIR that does not exist is an error, never replaced by other data; an empty one is filled by the search.
-    On Colab and Kaggle (`host`) finding nothing is an error that says how to get the data.
-    """
+    """(root, is_demo): DATA_DIR, Kaggle's input, data/, a download, or (locally) the demo; else an error with steps."""
     if str(data_dir) == "demo":
         return _demo_dataset(Path(local) / "demo"), True
     if data_dir:

@@ -2,7 +2,8 @@
 
 The fake CLI authenticates the way the real Kaggle CLI 2.0.2 does (Colab's version: an API token
 from KAGGLE_API_TOKEN or ~/.kaggle/access_token, then the legacy KAGGLE_USERNAME/KAGGLE_KEY or
-kaggle.json), records what it was given as one JSON line, and "downloads" a folder as a zip.
+kaggle.json), records what it was given as one JSON line, "downloads" a folder as a zip, takes
+submissions and lists them as 2.0.2 does with --csv, scored (FAKE_KAGGLE_SCORE) from the second listing on.
 """
 from __future__ import annotations
 
@@ -36,10 +37,28 @@ with open(os.environ["FAKE_KAGGLE_RECORD"], "a") as f:
 if os.environ.get("FAKE_KAGGLE_FAIL"):
     sys.exit("403 Client Error: Forbidden. You must accept this competition's rules before downloading.")
 args = sys.argv[1:]
-assert args[:2] == ["competitions", "download"], args
-slug, dest = args[args.index("-c") + 1], args[args.index("-p") + 1]
-shutil.make_archive(os.path.join(dest, slug), "zip", os.environ["FAKE_KAGGLE_DATA"])
-print(f"Downloading {{slug}}.zip to {{dest}}")
+state = Path(os.environ["FAKE_KAGGLE_RECORD"] + ".submissions.json")  # what was submitted, and how often polled
+subs = json.loads(state.read_text()) if state.exists() else []
+if args[:2] == ["competitions", "submit"]:
+    name = os.path.basename(args[args.index("-f") + 1])
+    subs.insert(0, {{"file": name, "m": args[args.index("-m") + 1], "polls": 0}})
+    state.write_text(json.dumps(subs))
+    print("Successfully submitted to the competition")
+elif args[:2] == ["competitions", "submissions"]:
+    assert "--csv" in args, args
+    print("fileName,date,description,status,publicScore,privateScore")
+    for s in subs:  # as the Kaggle CLI 2.0.2 prints them: scored from the second poll on
+        s["polls"] += 1
+        done = s["polls"] > 1
+        status = "COMPLETE" if done else "PENDING"
+        print(f"{{s['file']}},2026-12-07 12:00:00,\"{{s['m']}}\",SubmissionStatus.{{status}},"
+              f"{{os.environ.get('FAKE_KAGGLE_SCORE', '0.8765') if done else ''}},")
+    state.write_text(json.dumps(subs))
+else:
+    assert args[:2] == ["competitions", "download"], args
+    slug, dest = args[args.index("-c") + 1], args[args.index("-p") + 1]
+    shutil.make_archive(os.path.join(dest, slug), "zip", os.environ["FAKE_KAGGLE_DATA"])
+    print(f"Downloading {{slug}}.zip to {{dest}}")
 '''
 
 FAKE_USERDATA = '''"""Fake google.colab.userdata: secrets from the JSON in $FAKE_COLAB_SECRETS."""
@@ -82,4 +101,47 @@ def make_fake_colab(root: Path) -> Path:
 
 def kaggle_calls(record: Path) -> list[dict]:
     """What the fake CLI was given, one dict per call."""
+    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+
+FAKE_WANDB = '''"""Fake wandb: login, init, log and finish recorded as JSON lines in $FAKE_WANDB_RECORD."""
+import json
+import os
+
+
+def _record(**fields):
+    with open(os.environ["FAKE_WANDB_RECORD"], "a") as f:
+        f.write(json.dumps(fields, default=str) + "\\n")
+
+
+def login(key=None):
+    _record(call="login", key_given=bool(key))
+
+
+class Run:
+    def __init__(self, kw):
+        self.name = kw.get("name")
+
+    def log(self, row):
+        _record(call="log", name=self.name, row=row)
+
+    def finish(self):
+        _record(call="finish", name=self.name)
+
+
+def init(project=None, config=None, **kw):
+    _record(call="init", project=project, config=config, **kw)
+    return Run(kw)
+'''
+
+
+def make_fake_wandb(root: Path) -> Path:
+    """A folder holding an importable fake `wandb` (put it on PYTHONPATH)."""
+    (root / "wandb").mkdir(parents=True, exist_ok=True)
+    (root / "wandb" / "__init__.py").write_text(FAKE_WANDB)
+    return root
+
+
+def wandb_calls(record: Path) -> list[dict]:
+    """What the fake wandb was given, one dict per call."""
     return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []

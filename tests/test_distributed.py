@@ -1,4 +1,5 @@
 """Data-parallel training (DEVICES > 1): gloo processes on the CPU stand in for Kaggle's two GPUs."""
+import dataclasses
 import os
 import signal
 
@@ -168,12 +169,70 @@ def test_a_killed_process_leaves_a_loadable_checkpoint_and_the_rerun_resumes(UNe
 
 
 def test_a_stop_decided_on_rank_zero_stops_every_process(UNet, demo_ds, tmp_path, capfd):
-    """The time budget is checked on rank 0; without the shared decision the others would wait forever.
+    """Early stopping is decided on rank 0; without the shared decision the others would wait forever.
     The W&B-style `log` gets the epochs afterwards (the processes cannot reach the notebook's run)."""
     tr, va = subsets(demo_ds)
     rows = []
-    h = train_distributed(UNet(base=8), tr, va, cfg(5, time_budget_min=1e-6), tmp_path, CPU, world=2,
-                            batch_size=4, seed=0, log=rows.append)
-    assert len(h["val_dice"]) == 1
-    assert "presupuesto de 1e-06 min alcanzado tras la época 1" in capfd.readouterr().out
-    assert [r["epoch"] for r in rows] == [1] and rows[0]["val_dice"] == h["val_dice"][0]
+    frozen = dataclasses.replace(cfg(5, patience=1), lr=0.0)  # no BatchNorm, LR 0: epoch 2 repeats epoch 1
+    h = train_distributed(UNet(base=8, batch_norm=False), tr, va, frozen, tmp_path, CPU, world=2, batch_size=4,
+                          seed=0, log=rows.append)
+    assert len(h["val_dice"]) == 2 and h["val_dice"][0] == h["val_dice"][1]
+    assert "parada temprana: el Dice de validación no mejoró en 1 épocas" in capfd.readouterr().out
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_dice"] == h["val_dice"][1]
+
+
+class FailOnRank(torch.nn.Module):
+    """A model whose process `rank` raises, or never returns (`hang`), in its first training forward."""
+
+    def __init__(self, inner, rank, hang=False):
+        super().__init__()
+        self.inner, self.rank, self.hang = inner, rank, hang
+
+    def forward(self, x):
+        if self.training and dist.get_rank() == self.rank:
+            if self.hang:
+                signal.pause()  # a collective that never completes, as NCCL between two PCIe GPUs may do
+            raise RuntimeError("injected pre-flight failure")
+        return self.inner(x)
+
+
+def test_preflight_passes_two_gloo_processes(UNet, capsys):
+    loss_fn = recipe(cfg(1))["loss_fn"]
+    assert U.preflight(UNet(base=4), loss_fn, 2, CPU, strict=False) == 2
+    assert "prueba previa: 2 procesos (gloo) se conectaron" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("hang", [False, True], ids=["raises", "never-answers"])
+def test_preflight_failure_falls_back_to_one_process_that_writes_a_valid_csv(UNet, demo_ds, demo_root, tmp_path,
+                                                                             capsys, hang):
+    """What the notebook does with DEVICES="auto" when two processes cannot train together: one process trains."""
+    config = cfg(1)
+    world = U.preflight(FailOnRank(UNet(base=4), rank=1, hang=hang), recipe(config)["loss_fn"], 2, CPU,
+                        strict=False, timeout=20)
+    said = capsys.readouterr().out
+    assert world == 1 and "AVISO: la prueba de 2 procesos falló" in said
+    assert ("sin respuesta en 20 s" if hang else "injected pre-flight failure") in said
+    assert "proceso 1: all-reduce" in said  # the step that process had passed when it failed
+    tr, va = subsets(demo_ds)
+    model = UNet(base=4)
+    train(model, DataLoader(tr, 4, shuffle=True), DataLoader(va, 4), config, tmp_path / "run", CPU)
+    test_files = U.list_images(demo_root / "test" / "images")
+    test_ds = U.CachedSegDataset([(p, None) for p in test_files], demo_ds.size, progress=False)
+    rows = [(test_files[i].name, U.rle_encode(prob > 0.5)) for i, prob in U.predict_probs(model, test_ds, CPU)]
+    csv = U.write_submission(rows, tmp_path / "sub.csv")
+    assert U.validate_submission(csv, demo_root / "test" / "images") == len(test_files)
+
+
+def test_preflight_failure_with_an_explicit_number_of_processes_raises(UNet):
+    with pytest.raises(RuntimeError, match=r"DEVICES=2: the training processes failed their pre-flight check: .*"
+                                           r"injected pre-flight failure.*Set DEVICES=1"):
+        U.preflight(FailOnRank(UNet(base=4), rank=1), recipe(cfg(1))["loss_fn"], 2, CPU, strict=True)
+
+
+def test_backend_choice():
+    assert U.resolve_backend("auto", CPU) == "gloo" and U.resolve_backend("gloo", CPU) == "gloo"
+    assert U.resolve_backend("auto", torch.device("cuda")) == "nccl"
+    assert U.resolve_backend("gloo", torch.device("cuda")) == "gloo"  # two processes may share one GPU
+    for bad in ("mpi", "nccl"):
+        with pytest.raises(ValueError, match="DDP_BACKEND"):
+            U.resolve_backend(bad, CPU)

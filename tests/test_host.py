@@ -277,3 +277,25 @@ def test_fake_cli_refuses_without_credentials(clean_host, fake_kaggle, tmp_path)
     done = U.subprocess.run([shutil.which("kaggle"), "competitions", "download", "-c", "x", "-p", str(tmp_path)],
                             capture_output=True, text=True)
     assert done.returncode == 1 and "must authenticate" in done.stderr
+
+
+def test_submit_then_poll_until_kaggle_has_scored_it(clean_host, fake_kaggle, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "t0ken")
+    monkeypatch.setenv("FAKE_KAGGLE_SCORE", "0.9011")
+    csv_path = tmp_path / "sub.csv"
+    csv_path.write_text("id,encoded_pixels\n")
+    U.kaggle_submit(csv_path, "first, run 1")
+    U.kaggle_submit(csv_path, "second")  # listed first by Kaggle: the message picks the right one
+    assert U.kaggle_score("first, run 1", wait_s=5, every_s=0.1) == "0.9011"  # pending at the first poll
+    polls = [c for c in kaggle_calls(fake_kaggle) if c["argv"][1] == "submissions"]
+    assert len(polls) == 2 and all(c["auth"]["secret"] == "t0ken" for c in kaggle_calls(fake_kaggle))
+    assert U.kaggle_score("never submitted", wait_s=0.3, every_s=0.1) is None  # bounded: gives up, says nothing
+    assert "subido a Kaggle: sub.csv (first, run 1)" in capsys.readouterr().out
+
+
+def test_copy_for_kaggle_writes_submission_csv_in_the_working_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr(U, "KAGGLE_WORKING", tmp_path / "working")
+    source = tmp_path / "submission_20261207-120000.csv"
+    source.write_text("id,encoded_pixels\n1.png,1 2\n")
+    assert U.copy_for_kaggle(source).read_text() == source.read_text()
+    assert (tmp_path / "working" / "submission.csv").exists() and source.exists()  # the timestamped one stays

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes import make_fake_colab
+from fakes import kaggle_calls, make_fake_colab, make_fake_kaggle, make_fake_wandb, wandb_calls
 from support import NOTEBOOK, ROOT, U, notebook_cells
 
 PARAMS = ["DATA_DIR", "RUN_DIR", "SUBMISSION_PATH", "IMG_SIZE", "BATCH_SIZE", "EPOCHS", "BASE_CHANNELS", "SEED",
@@ -223,6 +223,90 @@ def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path
     said = outputs_text(tmp_path / "out.ipynb")
     assert "reanudado desde" not in said and "época   1/2 " in said  # another recipe: trained anew, elsewhere
     assert len(list((tmp_path / "runs").glob("demo_128px_b16_e2_s42_*"))) == 2
+
+
+def test_minutes_plan_the_epochs_end_at_lr_zero_and_a_rerun_resumes_the_same_plan(tmp_path):
+    """TIME_BUDGET_MIN without EPOCHS: a timed probe plans the epochs (kept in RUN_DIR/plan.json), the schedule ends
+    at LR 0, RUN_DIR/summary.json has the figures; a second Run all resumes its own plan; EPOCHS wins over it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    params = ("TIME_BUDGET_MIN=0.4", "IMG_SIZE=32", "BASE_CHANNELS=8", "SUBMISSION_PATH=sub.csv")
+    out = run_notebook(tmp_path, *params, env={"HOME": str(home)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = outputs_text(tmp_path / "out.ipynb")
+    (run_dir,) = (tmp_path / "runs").glob("demo_32px_b8_t0.4min_s42_*")  # named by the budget, not the epochs
+    plan = json.loads((run_dir / "plan.json").read_text())
+    result = json.loads((run_dir / "summary.json").read_text())
+    assert f"plan para 0.4 min: {plan['s_batch']:.2f} s por batch" in said and plan["epochs"] >= 2
+    assert result["epochs"] == plan["epochs"] and result["final_epochs"] == plan["final_epochs"]  # replanned
+    assert plan["final_epochs"] == result["final_min"] == 0  # under a budget FINAL_FIT=None means no final fit
+    assert result["last_lr"] < 0.01 * result["peak_lr"]  # the last training's cosine ran to its end
+    assert re.search(r"minutos planificados / reales +[\d.]+ / [\d.]+", said)
+    again = run_notebook(tmp_path, *params, env={"HOME": str(home)})
+    assert again.returncode == 0, again.stderr[-3000:]
+    said = outputs_text(tmp_path / "out.ipynb")
+    assert "reanudado desde" in said and json.loads((run_dir / "plan.json").read_text()) == plan
+    assert len(list((tmp_path / "runs").glob("demo_32px_b8_*"))) == 1  # the same RUN_DIR: no new probe, no new plan
+    given = run_notebook(tmp_path, *params, "EPOCHS=1", "FINAL_FIT=False", env={"HOME": str(home)})
+    assert given.returncode == 0, given.stderr[-3000:]
+    said = outputs_text(tmp_path / "out.ipynb")
+    assert "EPOCHS=1 dado: manda sobre TIME_BUDGET_MIN=0.4" in said and "plan para" not in said
+    assert len(list((tmp_path / "runs").glob("demo_32px_b8_e1_s42_*"))) == 1
+
+
+def test_the_experiments_ladder_writes_its_table_logs_to_wandb_and_a_rerun_retrains_nothing(tmp_path):
+    """Section 6.5 on the demo data: every rung trains the same epochs on the same split and is scored; each training
+    is a W&B run in one group (a fake wandb); "Run all" again rewrites no checkpoint."""
+    home = tmp_path / "home"
+    home.mkdir()
+    record = tmp_path / "wandb.jsonl"
+    env = {"HOME": str(home), "PYTHONPATH": str(make_fake_wandb(tmp_path / "fake")), "WANDB_API_KEY": "k",
+           "FAKE_WANDB_RECORD": str(record)}
+    params = ("EXPERIMENTS=True", "EXPERIMENT_MIN=0.5", "IMG_SIZE=32", "BASE_CHANNELS=8", "EPOCHS=2",
+              "FINAL_FIT=False", "USE_WANDB=True", "SUBMISSION_PATH=sub.csv")
+    out = run_notebook(tmp_path, *params, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = outputs_text(tmp_path / "out.ipynb")
+    (run_dir,) = (tmp_path / "runs").glob("demo_32px_b8_e2_s42_*")
+    import pandas as pd
+    table = pd.read_csv(run_dir / "experiments.csv")
+    assert list(table.columns) == ["variant", "val_dice", "val_dice_sd", "best_epoch", "minutes"]
+    assert len(table) >= 4 and table["val_dice"].between(0, 1).all() and (table["minutes"] > 0).all()
+    assert table["variant"].iloc[-1] == "+ aumento (la receta)" and "sobre el escalón anterior" in said
+    epochs = {len(torch.load(p, weights_only=False)["history"]["val_dice"])
+              for p in (run_dir / "experiments").glob("v*/last.pt")}
+    assert len(epochs) == 1, epochs  # the same budget for every rung
+    inits = [c for c in wandb_calls(record) if c["call"] == "init"]
+    assert [c["name"] for c in inits] == ["principal", *table["variant"]]
+    assert len({c["group"] for c in inits}) == 1 and all(c["config"]["lr"] == 3e-3 for c in inits)
+    assert sum(c["call"] == "finish" for c in wandb_calls(record)) == len(inits)  # each run is closed
+    checkpoints = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.pt")}
+    again = run_notebook(tmp_path, *params, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.pt")} == checkpoints  # nothing retrained
+    assert pd.read_csv(run_dir / "experiments.csv")["val_dice"].tolist() == pytest.approx(table["val_dice"].tolist())
+
+
+def test_on_kaggle_the_csv_is_where_kaggle_looks_and_the_public_score_comes_back(tmp_path, demo_root):
+    """A fake Kaggle host: the CSV is also /kaggle/working/submission.csv (pointed elsewhere here), and with
+    SUBMIT_TO_KAGGLE and a credential section 9.2 submits it with the (fake) CLI and prints the public score."""
+    shutil.copytree(demo_root, tmp_path / "competition")  # real-looking data: not the demo, so it is submitted
+    record = tmp_path / "kaggle.jsonl"
+    env = {"HOME": str(tmp_path / "home"), "KAGGLE_KERNEL_RUN_TYPE": "Interactive", "KAGGLE_API_TOKEN": "t0ken",
+           "TDL_KAGGLE_WORKING": str(tmp_path / "working"), "FAKE_KAGGLE_RECORD": str(record),
+           "FAKE_KAGGLE_SCORE": "0.8123",
+           "PATH": f"{make_fake_kaggle(tmp_path / 'bin').parent}:{os.environ['PATH']}"}
+    out = run_notebook(tmp_path, f"DATA_DIR={tmp_path / 'competition'}", "IMG_SIZE=64", "BASE_CHANNELS=8",
+                       "EPOCHS=1", "FINAL_FIT=False", "SUBMISSION_PATH=sub.csv", "SUBMIT_TO_KAGGLE=True", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = outputs_text(tmp_path / "out.ipynb")
+    assert (tmp_path / "working" / "submission.csv").read_text() == (tmp_path / "sub.csv").read_text()
+    (submit,) = [c["argv"] for c in kaggle_calls(record) if c["argv"][1] == "submit"]
+    assert submit[submit.index("-f") + 1].endswith("sub.csv") and submit[submit.index("-m") + 1].startswith("sub.csv:")
+    val = re.search(r"Dice final de validación \(glosario\) +([\d.]+) ±", said)[1]
+    line = re.search(r"Dice público de Kaggle 0.8123 \| Dice final de validación ([\d.]+) ± [\d.]+ \(error "
+                     r"estándar\) \| diferencia ([-+][\d.]+): (.+)", said)
+    assert line and line[1] == val and float(line[2]) == pytest.approx(0.8123 - float(val), abs=2e-4), said[-2000:]
 
 
 @pytest.mark.parametrize("host", ["colab", "kaggle"])

@@ -25,7 +25,8 @@ def test_every_figure_labels_its_axes():
     history = {k: list(rng.random(6)) for k in ("train_loss", "val_loss", "train_dice", "val_dice", "lr")}
     figures = [U.plot_coverage(rng.random(50), rng.random((16, 16))),
                U.plot_history(history, U.TrainConfig(epochs=6), steps_per_epoch=5),
-               U.plot_val_dice(rng.random(30), rng.random(30))]
+               U.plot_val_dice(rng.random(30), rng.random(30)),
+               U.plot_experiments({"a": list(rng.random(4)), "b": list(rng.random(4))})]
     for fig in figures:
         assert labelled(fig) == [], labelled(fig)
     plt.close("all")

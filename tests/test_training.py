@@ -1,4 +1,5 @@
 """The training loop: learning, checkpoints, resume, NaN stop, OOM back-off, config checks."""
+import json
 import pickle
 
 import numpy as np
@@ -179,8 +180,9 @@ def test_resume_refuses_a_changed_recipe_and_allows_the_resumable_settings(UNet,
         train(UNet(base=8), tr, va, cfg(3, data=data | {"aug_strength": 0.5}), tmp_path, CPU)
     assert U.config_tag(cfg(3, data=data)) != U.config_tag(cfg(3, data=data | {"aug_strength": 0.5}))
     assert U.config_tag(lower) != U.config_tag(cfg(3, data=data))
-    # patience, time budget and AMP may change on resume (and do not change the run's name)
-    relaxed = cfg(3, data=data, patience=5, time_budget_min=60.0)
+    # patience and AMP may change on resume (and do not change the run's name); a time budget is part of the plan
+    assert U.config_tag(cfg(3, data=data, time_budget_min=60.0)) != U.config_tag(cfg(3, data=data))
+    relaxed = cfg(3, data=data, patience=5)
     relaxed.amp = True
     assert U.config_tag(relaxed) == U.config_tag(cfg(3, data=data))
     capsys.readouterr()
@@ -390,3 +392,62 @@ def test_edge_weight_reaches_the_training_loss(UNet, demo_ds, tmp_path, monkeypa
     train(UNet(base=8), tr, va, cfg(1, edge_weight=5.0, edge_px=3), tmp_path, CPU)
     assert sum(n for n, _ in calls) == len(tr.dataset) + len(va.dataset)  # every image, once
     assert {px for _, px in calls} == {3} and recipe(cfg(1, edge_weight=5.0, edge_px=3))["loss_fn"].edge_weight == 5
+
+
+def test_plan_fits_the_budget_and_is_reused_by_a_resumed_session(tmp_path):
+    calls = []
+
+    def probe():  # a fake clock: 0.5 s per batch, 3 s per validation pass
+        calls.append(1)
+        return 0.5, 3.0
+    plan = U.plan_run(tmp_path, 10, probe, batches=20, final_batches=24, final_share=1.0)
+    epoch_s = 20 * 0.5 + 3 + 24 * 0.5  # a validated epoch and a final-fit epoch
+    assert plan["epochs"] == int(600 // epoch_s) == 24 and plan["final_epochs"] == 24
+    assert plan["train_min"] + plan["final_min"] <= 10
+    assert U.plan_run(tmp_path, 10, probe, 20, 24, 1.0) == plan and len(calls) == 1  # plan.json, no new probe
+    half = U.plan_run(tmp_path / "half", 10, probe, 20, 24, 0.5)
+    assert half["epochs"] == int(600 // (13 + 0.5 * 12)) and half["final_epochs"] == round(half["epochs"] / 2)
+    alone = U.plan_run(tmp_path / "alone", 10, probe, 20, 24, 0.0)
+    assert alone["epochs"] == int(600 // 13) and alone["final_epochs"] == 0 and alone["final_min"] == 0
+
+
+def test_final_fit_is_replanned_once_from_the_measured_speed(tmp_path):
+    plan = U.plan_run(tmp_path, 10, lambda: (0.5, 3.0), batches=20, final_batches=24, final_share=1.0)
+    on_time = {"train_s": [10.0] * plan["epochs"]}  # 0.5 s per batch, as probed: the plan stands
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    assert U.replan_final_fit(tmp_path / "a", dict(plan), on_time, 20, 24) == plan["final_epochs"]
+    slow = {"train_s": [15.0] * plan["epochs"]}  # 1.5x slower: fewer final epochs, in the time left
+    left_s = 600 - plan["epochs"] * (15 + 3)
+    assert U.replan_final_fit(tmp_path / "b", dict(plan), slow, 20, 24) == int(left_s // (24 * 0.75))
+    saved = json.loads((tmp_path / "b" / "plan.json").read_text())
+    assert saved["final_replanned"] and U.replan_final_fit(tmp_path / "b", saved, on_time, 20, 24) == \
+        saved["final_epochs"]  # decided once: a resumed session keeps it
+    late = {"train_s": [30.0] * plan["epochs"]}  # the budget is spent: no final fit
+    assert U.replan_final_fit(tmp_path / "c", dict(plan), late, 20, 24) == 0
+    (tmp_path / "d").mkdir()  # 43 epochs of 10 s + 3 s: 41 s left, 3 final epochs of 12 s: fewer than the minimum
+    long_run = {"train_s": [10.0] * 43}
+    assert U.replan_final_fit(tmp_path / "d", dict(plan, final_epochs=40), long_run, 20, 24) == 0
+    (tmp_path / "e").mkdir()  # 38 epochs: 106 s left, 8 final epochs
+    assert U.MIN_FINAL_EPOCHS == 4 and U.replan_final_fit(tmp_path / "e", dict(plan, final_epochs=40),
+                                                          {"train_s": [10.0] * 38}, 20, 24) == 8
+
+
+def test_speed_probe_times_real_steps_and_leaves_the_model_alone(UNet, demo_ds):
+    tr, va = U.Subset(demo_ds, range(20)), U.Subset(demo_ds, range(20, 24))
+    model = UNet(base=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    s_batch, s_val = U.probe_speed(model, tr, va, cfg(3), CPU, 4, steps=2, **recipe(cfg(3)))
+    assert s_batch > 0 and s_val > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_long_training_prints_about_ten_epochs_and_a_quiet_one_none(UNet, demo_ds, tmp_path, capsys):
+    tr, va = U.Subset(demo_ds, range(4)), U.Subset(demo_ds, range(4, 6))
+    h = train(UNet(base=4), DataLoader(tr, 4), DataLoader(va, 2), cfg(12), tmp_path / "a", CPU)
+    shown = [int(line.split()[1].split("/")[0]) for line in capsys.readouterr().out.splitlines()
+             if line.startswith("época")]
+    assert len(h["val_dice"]) == 12 and shown == [1, 2, 4, 6, 8, 10, 12]  # the first, then one in ceil(12 / 10)
+    assert all(s > 0 for s in h["train_s"])
+    train(UNet(base=4), DataLoader(tr, 4), DataLoader(va, 2), cfg(3), tmp_path / "b", CPU, quiet=True)
+    assert "época" not in capsys.readouterr().out
