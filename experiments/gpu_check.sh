@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU record, in one device call of at most 10 minutes: the notebook's GPU defaults on the dev photos (final
+# The GPU record, in one run of at most 10 minutes: the notebook's GPU defaults on the dev photos (final
 # fit, then its validated model), beside the plain loop at the same size, width, epochs and seed; test Dice by the
 # competition's scorer, wall time, peak GPU memory. The cells run through experiments/run_cells.py (the GPU image
 # has no papermill), each run pinned to its own 2 CPU cores like Colab.
 #
 #   bash experiments/gpu_check.sh --prepare          # here, once: .gpu/ <- ../shared's photos and tools, torchinfo
-#   bash experiments/gpu_check.sh OUT SEED [SEED...] # on the GPU machine (device tool: carry [".gpu"], OUT=$OUT)
+#   bash experiments/gpu_check.sh OUT SEED [SEED...] # on the GPU machine, with the .gpu/ kit copied beside
 #   bash experiments/gpu_check.sh --dry-run OUT SEED [SEED...]  # here, on the CPU: the same steps at toy size
 #
 # The seeds run side by side: seed k's notebook on cores F+4k and F+4k+1, its plain loop on F+4k+2 and F+4k+3
@@ -36,7 +36,7 @@ if [[ ${1:-} == --prepare ]]; then
     cp "$ROOT"/experiments/results/gpu_*_s*.json "$KIT/ref/" 2> /dev/null || true
     echo "reference runs in $KIT/ref: $(ls "$KIT/ref" | sed 's/_s[0-9]*\.json$//' | sort | uniq -c | xargs || true)"
     du -sh "$KIT"
-    echo "ready: carry [\".gpu\"] and run on the GPU machine: bash experiments/gpu_check.sh \$OUT 0 1"
+    echo "ready: copy .gpu/ with the repository to the GPU machine and run there: bash experiments/gpu_check.sh \$OUT 0 1"
     exit 0
 fi
 
@@ -58,7 +58,7 @@ require_kit
 mkdir -p "$OUT"
 START=$(date +%s)
 DEADLINE=${GPU_CHECK_DEADLINE:-$((START + 540))}
-export PIP_NO_INDEX=1 PIP_FIND_LINKS=$KIT/whl  # torchinfo from the carried wheel
+export PIP_NO_INDEX=1 PIP_FIND_LINKS=$KIT/whl  # torchinfo from the kit's wheel
 export TQDM_MININTERVAL=10 PYTHONUNBUFFERED=1  # progress bars: a line per 10 s in the logs
 NCORES=$(nproc)
 FIRST=${FIRST_CORE:-0}  # the first core this call pins (another job may take the ones before)

@@ -6,9 +6,9 @@ KIT=${GPU_KIT:-$ROOT/.gpu}  # the tests point it at a kit of their own
 PY=python3
 if [[ -x $ROOT/.venv/bin/python ]]; then PY=$ROOT/.venv/bin/python; fi
 
-require_kit() {  # stop, saying what to do, when the kit was not prepared here and carried
+require_kit() {  # stop, saying what to do, when the kit was not prepared and copied
     [[ -d $KIT/shared/tools ]] || {
-        echo "error: $KIT is missing: run 'bash experiments/gpu_check.sh --prepare' here first, then carry .gpu" >&2
+        echo "error: $KIT is missing: run 'bash experiments/gpu_check.sh --prepare' here first, then copy .gpu/ with the repository" >&2
         exit 1; }
 }
 machine_lines() {  # the GPU and its driver; Python, torch, torchvision, whether CUDA is available

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# GPU settings compared on validation over several seeds, in one device call of at most 10 minutes. Each
+# GPU settings compared on validation over several seeds, in one run of at most 10 minutes. Each
 # (configuration, seed) is one experiments/selection.py run: the notebook's stratified split of the TRAINING photos,
 # training at 384 px / base 32 / 60 epochs (AMP on the GPU) plus the configuration's own settings, full-size
 # validation Dice. Test answers are never read. All runs go side by side on the one GPU, each pinned to 2 cores.
 #
 #   bash experiments/gpu_check.sh --prepare                          # here, once: the .gpu/ kit
-#   bash experiments/gpu_select.sh OUT [NAME:KEY=VALUE,KEY=VALUE ...] # on the GPU machine (carry [".gpu"])
+#   bash experiments/gpu_select.sh OUT [NAME:KEY=VALUE,KEY=VALUE ...] # on the GPU machine, with the .gpu/ kit copied beside
 #   bash experiments/gpu_select.sh --dry-run OUT [...]               # here, on the CPU: the same steps at toy size
 #
 # Without configurations it compares the U-Net's depth at 384 px, gpu_d4:DEPTH=4 (the paper's four levels) against

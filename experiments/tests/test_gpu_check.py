@@ -55,3 +55,20 @@ def test_malformed_notebook_parameters_are_refused_before_any_work(tmp_path, dem
     done, out = run(tmp_path, demo_root, "0", NB_PARAMS="DEPTH")
     assert done.returncode != 0 and "NB_PARAMS='DEPTH' is not NAME VALUE pairs" in done.stderr
     assert not out.exists()
+
+
+def test_the_gpu_record_runs_its_four_notebooks_and_scores_them(tmp_path, demo_root):
+    """experiments/gpu_record.sh --dry-run: the budget plan, two processes sharing a device (gloo), one process and
+    the experiments ladder, each scored by the referee, with their summary.json / plan.json / experiments.csv."""
+    done, out = run(tmp_path, demo_root, script=ROOT / "experiments" / "gpu_record.sh")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r[0]: r for r in (line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()[1:])}
+    assert sorted(rows) == ["ddp2", "ladder", "one", "plan"]
+    for r in rows.values():
+        assert 0 <= float(r[1]) <= 1, r  # a valid CSV, scored
+    with tarfile.open(out / "results.tgz") as tar:
+        names = tar.getnames()
+        logs = tarfile.open(out / "logs.tgz").extractfile("logs/ddp2.log").read().decode()
+    assert any(n.startswith("results/plan/") and n.endswith("/plan.json") for n in names)
+    assert any(n.startswith("results/ladder/") and n.endswith("/experiments.csv") for n in names)
+    assert "prueba previa: 2 procesos (gloo)" in logs
