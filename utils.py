@@ -804,7 +804,10 @@ def _preflight_worker(rank: int, world: int, work: str, port: int, device_type: 
     """One pre-flight process: join the group, all-reduce, one forward/backward under DDP; marks each step it passes."""
     import cloudpickle
 
+    last = ["arrancó"]
+
     def reached(step: str) -> None:
+        last[0] = step
         Path(work, f"step{rank}.txt").write_text(step)
     reached("arrancó")
     model, loss_fn = cloudpickle.loads(Path(work, "payload.pkl").read_bytes())
@@ -826,6 +829,9 @@ def _preflight_worker(rank: int, world: int, work: str, port: int, device_type: 
         reached("paso de entrenamiento")
         dist.barrier()
         reached("listo")
+    except Exception as e:  # its own error beside its step: the error spawn reports may be a peer's lost link
+        reached(f"{last[0]} ({(str(e).strip() or type(e).__name__).splitlines()[-1]})")
+        raise
     finally:
         dist.destroy_process_group()
 
