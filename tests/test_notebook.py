@@ -225,49 +225,29 @@ def test_headless_run_auto_detects_the_demo_data_and_writes_a_valid_csv(tmp_path
     assert len(list((tmp_path / "runs").glob("demo_128px_b16_e2_s42_*"))) == 2
 
 
-def test_minutes_plan_the_epochs_end_at_lr_zero_and_a_rerun_resumes_the_same_plan(tmp_path):
-    """TIME_BUDGET_MIN without EPOCHS: a timed probe plans the epochs (kept in RUN_DIR/plan.json), the schedule ends
-    at LR 0, RUN_DIR/summary.json has the figures; a second Run all resumes its own plan; EPOCHS wins over it."""
-    home = tmp_path / "home"
-    home.mkdir()
-    params = ("TIME_BUDGET_MIN=0.4", "IMG_SIZE=32", "BASE_CHANNELS=8", "SUBMISSION_PATH=sub.csv")
-    out = run_notebook(tmp_path, *params, env={"HOME": str(home)})
-    assert out.returncode == 0, out.stderr[-3000:]
-    said = outputs_text(tmp_path / "out.ipynb")
-    (run_dir,) = (tmp_path / "runs").glob("demo_32px_b8_t0.4min_s42_*")  # named by the budget, not the epochs
-    plan = json.loads((run_dir / "plan.json").read_text())
-    result = json.loads((run_dir / "summary.json").read_text())
-    assert f"plan para 0.4 min: {plan['s_batch']:.2f} s por batch" in said and plan["epochs"] >= 2
-    assert result["epochs"] == plan["epochs"] and result["final_epochs"] == plan["final_epochs"]  # replanned
-    assert plan["final_epochs"] == result["final_min"] == 0  # under a budget FINAL_FIT=None means no final fit
-    assert result["last_lr"] < 0.01 * result["peak_lr"]  # the last training's cosine ran to its end
-    assert re.search(r"minutos planificados / reales +[\d.]+ / [\d.]+", said)
-    again = run_notebook(tmp_path, *params, env={"HOME": str(home)})
-    assert again.returncode == 0, again.stderr[-3000:]
-    said = outputs_text(tmp_path / "out.ipynb")
-    assert "reanudado desde" in said and json.loads((run_dir / "plan.json").read_text()) == plan
-    assert len(list((tmp_path / "runs").glob("demo_32px_b8_*"))) == 1  # the same RUN_DIR: no new probe, no new plan
-    given = run_notebook(tmp_path, *params, "EPOCHS=1", "FINAL_FIT=False", env={"HOME": str(home)})
-    assert given.returncode == 0, given.stderr[-3000:]
-    said = outputs_text(tmp_path / "out.ipynb")
-    assert "EPOCHS=1 dado: manda sobre TIME_BUDGET_MIN=0.4" in said and "plan para" not in said
-    assert len(list((tmp_path / "runs").glob("demo_32px_b8_e1_s42_*"))) == 1
-
-
-def test_the_experiments_ladder_writes_its_table_logs_to_wandb_and_a_rerun_retrains_nothing(tmp_path):
-    """Section 6.5 on the demo data: every rung trains the same epochs on the same split and is scored; each training
-    is a W&B run in one group (a fake wandb); "Run all" again rewrites no checkpoint."""
+def test_minutes_plan_the_run_the_ladder_reports_and_a_rerun_retrains_nothing(tmp_path):
+    """The GPU defaults' flow on the demo data: TIME_BUDGET_MIN without EPOCHS plans the epochs from a timed probe
+    (RUN_DIR/plan.json), the schedule ends at LR 0, summary.json has the figures; the ladder of 6.5 trains every rung
+    for the same epochs within EXPERIMENT_MIN, writes experiments.csv, and logs each training as a W&B run in one
+    group (a fake wandb); "Run all" again resumes the same plan and rewrites no checkpoint; EPOCHS wins over it."""
     home = tmp_path / "home"
     home.mkdir()
     record = tmp_path / "wandb.jsonl"
     env = {"HOME": str(home), "PYTHONPATH": str(make_fake_wandb(tmp_path / "fake")), "WANDB_API_KEY": "k",
            "FAKE_WANDB_RECORD": str(record)}
-    params = ("EXPERIMENTS=True", "EXPERIMENT_MIN=0.5", "IMG_SIZE=32", "BASE_CHANNELS=8", "EPOCHS=2",
-              "FINAL_FIT=False", "USE_WANDB=True", "SUBMISSION_PATH=sub.csv")
+    params = ("TIME_BUDGET_MIN=0.7", "EXPERIMENTS=True", "EXPERIMENT_MIN=0.3", "IMG_SIZE=32", "BASE_CHANNELS=8",
+              "USE_WANDB=True", "SUBMISSION_PATH=sub.csv")
     out = run_notebook(tmp_path, *params, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     said = outputs_text(tmp_path / "out.ipynb")
-    (run_dir,) = (tmp_path / "runs").glob("demo_32px_b8_e2_s42_*")
+    (run_dir,) = (tmp_path / "runs").glob("demo_32px_b8_t0.7min_s42_*")  # named by the budget, not the epochs
+    plan = json.loads((run_dir / "plan.json").read_text())
+    result = json.loads((run_dir / "summary.json").read_text())
+    assert f"plan para 0.4 min: {plan['s_batch']:.2f} s por batch" in said and plan["epochs"] >= 2  # 0.7 - 0.3
+    assert result["epochs"] == plan["epochs"] and result["final_epochs"] == plan["final_epochs"]  # replanned
+    assert plan["final_epochs"] == result["final_min"] == 0  # under a budget FINAL_FIT=None means no final fit
+    assert result["last_lr"] < 0.01 * result["peak_lr"]  # the last training's cosine ran to its end
+    assert re.search(r"minutos planificados / reales +[\d.]+ / [\d.]+", said)
     import pandas as pd
     table = pd.read_csv(run_dir / "experiments.csv")
     assert list(table.columns) == ["variant", "val_dice", "val_dice_sd", "best_epoch", "minutes"]
@@ -283,8 +263,17 @@ def test_the_experiments_ladder_writes_its_table_logs_to_wandb_and_a_rerun_retra
     checkpoints = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.pt")}
     again = run_notebook(tmp_path, *params, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
+    said = outputs_text(tmp_path / "out.ipynb")
+    assert "reanudado desde" in said and json.loads((run_dir / "plan.json").read_text()) == plan
+    assert len(list((tmp_path / "runs").glob("demo_32px_b8_*"))) == 1  # the same RUN_DIR: no new probe, no new plan
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.pt")} == checkpoints  # nothing retrained
     assert pd.read_csv(run_dir / "experiments.csv")["val_dice"].tolist() == pytest.approx(table["val_dice"].tolist())
+    given = run_notebook(tmp_path, *params, "EPOCHS=1", "FINAL_FIT=False", "EXPERIMENTS=False",
+                         env={"HOME": str(home)})
+    assert given.returncode == 0, given.stderr[-3000:]
+    said = outputs_text(tmp_path / "out.ipynb")
+    assert "EPOCHS=1 dado: manda sobre TIME_BUDGET_MIN=0.7" in said and "plan para" not in said
+    assert len(list((tmp_path / "runs").glob("demo_32px_b8_e1_s42_*"))) == 1
 
 
 def test_on_kaggle_the_csv_is_where_kaggle_looks_and_the_public_score_comes_back(tmp_path, demo_root):
