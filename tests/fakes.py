@@ -99,8 +99,8 @@ def make_fake_colab(root: Path) -> Path:
     return root
 
 
-def kaggle_calls(record: Path) -> list[dict]:
-    """What the fake CLI was given, one dict per call."""
+def recorded_calls(record: Path) -> list[dict]:
+    """What a fake (the Kaggle CLI, wandb) was given, one dict per call: its JSON lines in `record`."""
     return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
 
 
@@ -140,8 +140,3 @@ def make_fake_wandb(root: Path) -> Path:
     (root / "wandb").mkdir(parents=True, exist_ok=True)
     (root / "wandb" / "__init__.py").write_text(FAKE_WANDB)
     return root
-
-
-def wandb_calls(record: Path) -> list[dict]:
-    """What the fake wandb was given, one dict per call."""
-    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []

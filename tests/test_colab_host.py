@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from colab_env import colab_venv
-from fakes import kaggle_calls, make_fake_colab, make_fake_kaggle
+from fakes import make_fake_colab, make_fake_kaggle, recorded_calls
 from support import NOTEBOOK, U, require_shared
 from test_notebook import outputs_text
 
@@ -72,7 +72,7 @@ def test_notebook_alone_runs_in_a_colab_like_venv(tmp_path):
     assert "instalado torchinfo>=1.8" in said  # installed because it was missing ...
     assert subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True,
                           check=True).stdout == torch_before  # ... and torch left as it was
-    (call,) = kaggle_calls(tmp_path / "calls.jsonl")  # the download used the Colab secret
+    (call,) = recorded_calls(tmp_path / "calls.jsonl")  # the download used the Colab secret
     assert call["auth"] == {"kind": "token", "from": "env", "secret": SECRET}
     assert SECRET not in (work / "out.ipynb").read_text()
     score = subprocess.run([sys.executable, str(scorer), str(work / "sub.csv"), str(tmp_path / "answers")],

@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from fakes import kaggle_calls, make_fake_colab, make_fake_kaggle
+from fakes import make_fake_colab, make_fake_kaggle, recorded_calls
 from support import U
 
 SECRET = "KGAT_0123456789abcdef-not-a-real-token"
@@ -139,7 +139,7 @@ def test_each_credential_leads_to_a_download(way, clean_host, fake_kaggle, monke
     root, is_demo = U.resolve_data_dir(None, local="data", host=host)
     assert not is_demo and (root / "train" / "images").is_dir()
     assert len(U.list_images(root / "test" / "images")) == len(U.list_images(demo_root / "test" / "images"))
-    (call,) = kaggle_calls(fake_kaggle)
+    (call,) = recorded_calls(fake_kaggle)
     assert call["argv"][:4] == ["competitions", "download", "-c", U.COMPETITION]
     assert call["auth"]["kind"] == kind and call["auth"]["secret"] == SECRET
     if source == "env":
@@ -199,7 +199,7 @@ def test_without_data_or_credentials_only_a_local_run_falls_back_to_the_demo(cle
     assert not (clean_host.parent / "work" / "data" / "demo").exists()
     root, is_demo = U.resolve_data_dir(None, host="local")
     assert is_demo and root == Path("data") / "demo"
-    assert kaggle_calls(fake_kaggle) == []  # no credentials: the CLI was never called
+    assert recorded_calls(fake_kaggle) == []  # no credentials: the CLI was never called
 
 
 def test_demo_only_when_asked_for_on_a_host(clean_host):
@@ -287,8 +287,8 @@ def test_submit_then_poll_until_kaggle_has_scored_it(clean_host, fake_kaggle, mo
     U.kaggle_submit(csv_path, "first, run 1")
     U.kaggle_submit(csv_path, "second")  # listed first by Kaggle: the message picks the right one
     assert U.kaggle_score("first, run 1", wait_s=5, every_s=0.1) == "0.9011"  # pending at the first poll
-    polls = [c for c in kaggle_calls(fake_kaggle) if c["argv"][1] == "submissions"]
-    assert len(polls) == 2 and all(c["auth"]["secret"] == "t0ken" for c in kaggle_calls(fake_kaggle))
+    polls = [c for c in recorded_calls(fake_kaggle) if c["argv"][1] == "submissions"]
+    assert len(polls) == 2 and all(c["auth"]["secret"] == "t0ken" for c in recorded_calls(fake_kaggle))
     assert U.kaggle_score("never submitted", wait_s=0.3, every_s=0.1) is None  # bounded: gives up, says nothing
     assert "subido a Kaggle: sub.csv (first, run 1)" in capsys.readouterr().out
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes import kaggle_calls, make_fake_colab, make_fake_kaggle, make_fake_wandb, wandb_calls
+from fakes import make_fake_colab, make_fake_kaggle, make_fake_wandb, recorded_calls
 from support import NOTEBOOK, ROOT, U, notebook_cells
 
 PARAMS = ["DATA_DIR", "RUN_DIR", "SUBMISSION_PATH", "IMG_SIZE", "BATCH_SIZE", "EPOCHS", "BASE_CHANNELS", "SEED",
@@ -256,10 +256,10 @@ def test_minutes_plan_the_run_the_ladder_reports_and_a_rerun_retrains_nothing(tm
     epochs = {len(torch.load(p, weights_only=False)["history"]["val_dice"])
               for p in (run_dir / "experiments").glob("v*/last.pt")}
     assert len(epochs) == 1, epochs  # the same budget for every rung
-    inits = [c for c in wandb_calls(record) if c["call"] == "init"]
+    inits = [c for c in recorded_calls(record) if c["call"] == "init"]
     assert [c["name"] for c in inits] == ["principal", *table["variant"]]
     assert len({c["group"] for c in inits}) == 1 and all(c["config"]["lr"] == 3e-3 for c in inits)
-    assert sum(c["call"] == "finish" for c in wandb_calls(record)) == len(inits)  # each run is closed
+    assert sum(c["call"] == "finish" for c in recorded_calls(record)) == len(inits)  # each run is closed
     checkpoints = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.pt")}
     again = run_notebook(tmp_path, *params, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -290,7 +290,7 @@ def test_on_kaggle_the_csv_is_where_kaggle_looks_and_the_public_score_comes_back
     assert out.returncode == 0, out.stderr[-3000:]
     said = outputs_text(tmp_path / "out.ipynb")
     assert (tmp_path / "working" / "submission.csv").read_text() == (tmp_path / "sub.csv").read_text()
-    (submit,) = [c["argv"] for c in kaggle_calls(record) if c["argv"][1] == "submit"]
+    (submit,) = [c["argv"] for c in recorded_calls(record) if c["argv"][1] == "submit"]
     assert submit[submit.index("-f") + 1].endswith("sub.csv") and submit[submit.index("-m") + 1].startswith("sub.csv:")
     val = re.search(r"Dice final de validación \(glosario\) +([\d.]+) ±", said)[1]
     line = re.search(r"Dice público de Kaggle 0.8123 \| Dice final de validación ([\d.]+) ± [\d.]+ \(error "
