@@ -256,6 +256,8 @@ def test_minutes_plan_the_run_the_ladder_reports_and_a_rerun_retrains_nothing(tm
     epochs = {len(torch.load(p, weights_only=False)["history"]["val_dice"])
               for p in (run_dir / "experiments").glob("v*/last.pt")}
     assert len(epochs) == 1, epochs  # the same budget for every rung
+    ladder = json.loads((run_dir / "experiments" / "plan.json").read_text())
+    assert (ladder["s_batch"], ladder["s_val"]) == (plan["s_batch"], plan["s_val"])  # one timing serves both plans
     inits = [c for c in recorded_calls(record) if c["call"] == "init"]
     assert [c["name"] for c in inits] == ["principal", *table["variant"]]
     assert len({c["group"] for c in inits}) == 1 and all(c["config"]["lr"] == 3e-3 for c in inits)
