@@ -3,7 +3,7 @@
     python experiments/print_pages.py outputs/obligatorio_<time>.ipynb            # the body: no helpers, no appendix
     python experiments/print_pages.py EXECUTED.ipynb --whole --pdf out.pdf        # every cell, and keep the PDF
 
-Needs `pip install nbconvert` and Chromium (`apt-get install chromium`). The body leaves out the folded helpers cell
+Needs `pip install nbconvert` and Chromium (`apt-get install chromium`). The body leaves out the folded helper cells
 (tagged `helpers`) and everything from the heading "## Apéndice A" on, as a grader printing the story would.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def body(nb: dict) -> dict:
-    """The notebook without its helpers cell and its appendix."""
+    """The notebook without its helper cells and its appendix."""
     cells = []
     for c in nb["cells"]:
         if c["cell_type"] == "markdown" and "".join(c["source"]).startswith("## Apéndice A"):

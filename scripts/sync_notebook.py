@@ -1,10 +1,10 @@
-"""Copy utils.py into obligatorio.ipynb's helpers cell, so that the notebook runs alone on Colab or Kaggle.
+"""Copy utils.py and host.py into obligatorio.ipynb's helper cells, so that the notebook runs alone on Colab or Kaggle.
 
-utils.py is the single source (tests/ and experiments/ import it); the notebook carries a copy in its
-folded cell tagged `helpers`, which writes that copy to a temporary folder and imports it from there.
-tests/test_notebook.py fails while the two differ. Usage, from the repository root:
+The two files are the single source (tests/ and experiments/ import them); the notebook carries a copy of each in a
+folded cell tagged `helpers`, which writes it to a temporary folder, HELPERS, and imports it from there.
+tests/test_notebook.py fails while a copy differs. Usage, from the repository root:
 
-    python scripts/sync_notebook.py           # rewrite the helpers cell from utils.py
+    python scripts/sync_notebook.py           # rewrite the helper cells from utils.py and host.py
     python scripts/sync_notebook.py --check   # exit 1 if they differ (changes nothing)
 """
 from __future__ import annotations
@@ -14,35 +14,43 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK, UTILS = ROOT / "obligatorio.ipynb", ROOT / "utils.py"
-HEADER = "%%writefile {HELPERS}\n"  # HELPERS: a path the notebook's previous cell makes
+NOTEBOOK = ROOT / "obligatorio.ipynb"
+FILES = ("utils.py", "host.py")  # in the notebook's order: one helper cell each
 
 
-def helpers_source() -> str:
-    """The helpers cell's source: the magic that writes it to HELPERS, then utils.py verbatim."""
-    return HEADER + UTILS.read_text()
+def header(name: str) -> str:
+    """The magic that writes a helper cell to HELPERS (a folder the notebook's previous cell makes)."""
+    return "%%writefile {HELPERS}/" + name + "\n"
 
 
-def helpers_cell(nb: dict) -> dict:
-    """The one code cell tagged `helpers`."""
+def helpers_source(name: str) -> str:
+    """A helper cell's source: the magic, then the file verbatim."""
+    return header(name) + (ROOT / name).read_text()
+
+
+def helper_cells(nb: dict) -> dict[str, dict]:
+    """{file name: its code cell}: the cells tagged `helpers`, one per file of FILES, in that order."""
     cells = [c for c in nb["cells"] if "helpers" in c.get("metadata", {}).get("tags", [])]
-    if len(cells) != 1:
-        sys.exit(f"{NOTEBOOK.name}: expected one cell tagged 'helpers', found {len(cells)}")
-    return cells[0]
+    names = ["".join(c["source"]).split("\n", 1)[0].removeprefix(header("").strip()) for c in cells]
+    if tuple(names) != FILES:
+        sys.exit(f"{NOTEBOOK.name}: expected cells tagged 'helpers' writing {', '.join(FILES)} in that order, "
+                 f"found {names}")
+    return dict(zip(names, cells))
 
 
 def main() -> int:
     nb = json.loads(NOTEBOOK.read_text())
-    cell = helpers_cell(nb)
-    if "".join(cell["source"]) == helpers_source():
-        print(f"{NOTEBOOK.name}: helpers cell already equals {UTILS.name}")
+    stale = [name for name, cell in helper_cells(nb).items() if "".join(cell["source"]) != helpers_source(name)]
+    if not stale:
+        print(f"{NOTEBOOK.name}: helper cells already equal {' and '.join(FILES)}")
         return 0
     if "--check" in sys.argv[1:]:
-        print(f"{NOTEBOOK.name}: helpers cell differs from {UTILS.name}; run python scripts/sync_notebook.py")
+        print(f"{NOTEBOOK.name}: the copy of {' and '.join(stale)} differs; run python scripts/sync_notebook.py")
         return 1
-    cell["source"] = helpers_source().splitlines(keepends=True)
+    for name, cell in helper_cells(nb).items():
+        cell["source"] = helpers_source(name).splitlines(keepends=True)
     NOTEBOOK.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    print(f"{NOTEBOOK.name}: helpers cell rewritten from {UTILS.name}")
+    print(f"{NOTEBOOK.name}: helper cells rewritten from {' and '.join(stale)}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""What the tests share: the repo's paths, utils as U, the notebook's cells, and the fixtures (demo and real data).
+"""What the tests share: paths, utils as U and host as H, the notebook's cells, the fixtures (demo and real data).
 
 tests/conftest.py and experiments/tests/conftest.py import the fixtures from here; test modules import the
 names they use (`from support import ROOT, U`). A module named conftest cannot be shared: two test folders
@@ -20,6 +20,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from notebook_code import cells as notebook_cells  # noqa: E402, F401  (used by the test modules)
 from notebook_code import definitions  # noqa: E402
 
+import host as H  # noqa: E402
 import utils as U  # noqa: E402
 
 NB = definitions("unet", "loss", "step")  # the notebook's U-Net, loss and training step
@@ -45,7 +46,7 @@ def UNet(unet_ns):
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A small generated dataset in the competition layout (24 train pairs, 6 test images, 800x800)."""
-    return U.make_demo_dataset(tmp_path_factory.mktemp("demo"), n_train=24, n_test=6, seed=1)
+    return H.make_demo_dataset(tmp_path_factory.mktemp("demo"), n_train=24, n_test=6, seed=1)
 
 
 @pytest.fixture(scope="session")

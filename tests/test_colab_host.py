@@ -11,7 +11,7 @@ import sys
 import pytest
 from colab_env import colab_venv
 from fakes import make_fake_colab, make_fake_kaggle, recorded_calls
-from support import NOTEBOOK, U, require_shared
+from support import NOTEBOOK, H, U, require_shared
 from test_notebook import outputs_text
 
 SECRET = "KGAT_colab-secret-token-not-real"
@@ -29,7 +29,7 @@ def set_parameters(nb: dict, **values) -> None:
 
 def small_competition(root, answers):
     """A competition-shaped download (30 train pairs, 6 test images) with the test answers kept apart."""
-    U.make_demo_dataset(root, n_train=30, n_test=0, seed=3)
+    H.make_demo_dataset(root, n_train=30, n_test=0, seed=3)
     (root / "test" / "images").mkdir(parents=True, exist_ok=True)
     answers.mkdir()
     for img in U.list_images(root / "train" / "images")[-6:]:

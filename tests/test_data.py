@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import U
+from support import H, U
 
 
 def _save(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
@@ -200,16 +200,16 @@ def test_demo_dataset_has_the_competition_layout(demo_root):
 
 def test_explicit_data_dir_that_does_not_exist_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="DATA_DIR=.*nope: no such folder"):
-        U.resolve_data_dir(tmp_path / "nope")
+        H.resolve_data_dir(tmp_path / "nope")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "readme.txt").write_text("not the data")
     with pytest.raises(FileNotFoundError, match="no folder with train/images, train/masks and test/images"):
-        U.resolve_data_dir(tmp_path / "other")
+        H.resolve_data_dir(tmp_path / "other")
 
 
 def _no_kaggle(tmp_path, monkeypatch):
     """No Kaggle input folder and no Kaggle credentials anywhere."""
-    monkeypatch.setattr(U, "KAGGLE_INPUT", tmp_path / "kaggle-input")
+    monkeypatch.setattr(H, "KAGGLE_INPUT", tmp_path / "kaggle-input")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR"):
         monkeypatch.delenv(var, raising=False)
@@ -217,10 +217,10 @@ def _no_kaggle(tmp_path, monkeypatch):
 
 def test_explicit_empty_data_dir_is_auto_detected_into_it(tmp_path, monkeypatch, capsys):
     _no_kaggle(tmp_path, monkeypatch)
-    monkeypatch.setattr(U, "make_demo_dataset", partial(U.make_demo_dataset, n_train=4, n_test=2, size=64))  # fast
+    monkeypatch.setattr(H, "make_demo_dataset", partial(H.make_demo_dataset, n_train=4, n_test=2, size=64))  # fast
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".DS_Store").write_text("")
-    assert U.resolve_data_dir(tmp_path / "empty") == (tmp_path / "empty" / "demo", True)
+    assert H.resolve_data_dir(tmp_path / "empty") == (tmp_path / "empty" / "demo", True)
     assert "está vacía: detección automática" in capsys.readouterr().out
 
 
@@ -234,18 +234,18 @@ def _mount(folder: Path, data: Path) -> Path:
 
 def test_auto_detection_order(tmp_path, monkeypatch, demo_root):
     _no_kaggle(tmp_path, monkeypatch)
-    monkeypatch.setattr(U, "make_demo_dataset", partial(U.make_demo_dataset, size=64))  # the default counts, fast
+    monkeypatch.setattr(H, "make_demo_dataset", partial(H.make_demo_dataset, size=64))  # the default counts, fast
     local = tmp_path / "data"
     local.mkdir()
-    root, is_demo = U.resolve_data_dir(None, local=local)  # nothing anywhere: demo, generated
+    root, is_demo = H.resolve_data_dir(None, local=local)  # nothing anywhere: demo, generated
     assert is_demo and root == local / "demo" and len(U.list_images(root / "train" / "images")) == 48
     (local / "partial" / "train" / "images").mkdir(parents=True)  # no masks, no test: not the data
-    assert U.resolve_data_dir(None, local=local) == (local / "demo", True)
+    assert H.resolve_data_dir(None, local=local) == (local / "demo", True)
     nested = _mount(local / "tdl-obligatorio-2025", demo_root)  # an unzipped download in data/: demo ignored
-    assert U.resolve_data_dir(None, local=local) == (nested, False)
+    assert H.resolve_data_dir(None, local=local) == (nested, False)
     kaggle = _mount(tmp_path / "kaggle-input" / "tdl-obligatorio-2025", demo_root)  # Kaggle input comes first
-    assert U.resolve_data_dir(None, local=local) == (kaggle, False)
-    assert U.resolve_data_dir(demo_root) == (demo_root, False)  # explicit wins
+    assert H.resolve_data_dir(None, local=local) == (kaggle, False)
+    assert H.resolve_data_dir(demo_root) == (demo_root, False)  # explicit wins
 
 
 def test_channel_stats_of_a_subset_use_only_those_images():

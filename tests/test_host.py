@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fakes import make_fake_colab, make_fake_kaggle, recorded_calls
-from support import U
+from support import H, U
 
 SECRET = "KGAT_0123456789abcdef-not-a-real-token"
 KAGGLE_VARS = ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "KAGGLE_KERNEL_RUN_TYPE",
@@ -25,11 +25,11 @@ def clean_host(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setattr(U, "KAGGLE_INPUT", tmp_path / "no-kaggle-input")
+    monkeypatch.setattr(H, "KAGGLE_INPUT", tmp_path / "no-kaggle-input")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setattr(U, "make_demo_dataset", partial(U.make_demo_dataset, n_train=4, n_test=2, size=64))  # fast
+    monkeypatch.setattr(H, "make_demo_dataset", partial(H.make_demo_dataset, n_train=4, n_test=2, size=64))  # fast
     return home
 
 
@@ -54,17 +54,17 @@ def fake_colab(tmp_path, monkeypatch):
 
 
 def test_host_detection(clean_host, monkeypatch, tmp_path):
-    assert U.detect_host() == "local"
+    assert H.detect_host() == "local"
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
-    assert U.detect_host() == "kaggle"
+    assert H.detect_host() == "kaggle"
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
     (tmp_path / "kaggle-input").mkdir()
-    monkeypatch.setattr(U, "KAGGLE_INPUT", tmp_path / "kaggle-input")
-    assert U.detect_host() == "kaggle"
+    monkeypatch.setattr(H, "KAGGLE_INPUT", tmp_path / "kaggle-input")
+    assert H.detect_host() == "kaggle"
 
 
 def test_colab_detected_when_google_colab_is_importable(clean_host, fake_colab):
-    assert U.detect_host() == "colab"
+    assert H.detect_host() == "colab"
 
 
 # --- every way to authenticate leads to one download call with that credential --------------------------------
@@ -136,11 +136,11 @@ def test_each_credential_leads_to_a_download(way, clean_host, fake_kaggle, monke
     if "Colab" in way:
         request.getfixturevalue("fake_colab")
         host = "colab"
-    root, is_demo = U.resolve_data_dir(None, local="data", host=host)
+    root, is_demo = H.resolve_data_dir(None, local="data", host=host)
     assert not is_demo and (root / "train" / "images").is_dir()
     assert len(U.list_images(root / "test" / "images")) == len(U.list_images(demo_root / "test" / "images"))
     (call,) = recorded_calls(fake_kaggle)
-    assert call["argv"][:4] == ["competitions", "download", "-c", U.COMPETITION]
+    assert call["argv"][:4] == ["competitions", "download", "-c", H.COMPETITION]
     assert call["auth"]["kind"] == kind and call["auth"]["secret"] == SECRET
     if source == "env":
         assert call["auth"]["from"] == "env"
@@ -160,16 +160,16 @@ def test_colab_secrets_are_asked_for_only_when_needed(clean_host, fake_colab, mo
     monkeypatch.setenv("FAKE_COLAB_ASKED", str(asked))
     monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps({"KAGGLE_API_TOKEN": SECRET, "KAGGLE_USERNAME": "u",
                                                          "KAGGLE_KEY": "k"}))
-    assert U.kaggle_credentials() == "KAGGLE_API_TOKEN (Colab secret)"  # the CLI prefers the token
+    assert H.kaggle_credentials() == "KAGGLE_API_TOKEN (Colab secret)"  # the CLI prefers the token
     assert asked.read_text().split() == ["KAGGLE_API_TOKEN"]  # so the legacy key was not asked for
-    assert U.kaggle_credentials() == "KAGGLE_API_TOKEN"  # now in the environment: nothing asked again
+    assert H.kaggle_credentials() == "KAGGLE_API_TOKEN"  # now in the environment: nothing asked again
     assert asked.read_text().split() == ["KAGGLE_API_TOKEN"]
 
 
 def test_an_uploaded_file_never_replaces_a_different_existing_one(clean_host, fake_kaggle, capsys, tmp_path):
     _home_access_token(clean_host, None, None)
     (tmp_path / "work" / "access_token").write_text("another-token")
-    assert U.kaggle_credentials().endswith(".kaggle/access_token")
+    assert H.kaggle_credentials().endswith(".kaggle/access_token")
     assert (clean_host / ".kaggle" / "access_token").read_text().strip() == SECRET
     assert "ya existe y es distinto" in capsys.readouterr().out
 
@@ -178,14 +178,14 @@ def test_a_failed_download_says_what_to_do(clean_host, fake_kaggle, monkeypatch)
     monkeypatch.setenv("KAGGLE_API_TOKEN", SECRET)
     monkeypatch.setenv("FAKE_KAGGLE_FAIL", "1")
     with pytest.raises(RuntimeError, match=r"(?s)Forbidden.*Accept the rules at https://www.kaggle.com/competitions/"):
-        U.resolve_data_dir(None, host="colab")
+        H.resolve_data_dir(None, host="colab")
 
 
 def test_no_kaggle_cli_is_a_clear_error(clean_host, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     monkeypatch.setattr(sys, "executable", str(tmp_path / "empty-bin" / "python"))
     with pytest.raises(FileNotFoundError, match="pip install kaggle"):
-        U.kaggle_cli()
+        H.kaggle_cli()
 
 
 # --- no credentials: demo locally, a clear stop on Colab and Kaggle ---------------------------------------------
@@ -194,16 +194,16 @@ def test_no_kaggle_cli_is_a_clear_error(clean_host, monkeypatch, tmp_path):
 def test_without_data_or_credentials_only_a_local_run_falls_back_to_the_demo(clean_host, fake_kaggle):
     for host, says in (("colab", "KAGGLE_API_TOKEN"), ("kaggle", "Add Input")):
         with pytest.raises(FileNotFoundError, match=says) as err:
-            U.resolve_data_dir(None, host=host)
-        assert 'DATA_DIR = "demo"' in str(err.value) and U.COMPETITION_URL in str(err.value)
+            H.resolve_data_dir(None, host=host)
+        assert 'DATA_DIR = "demo"' in str(err.value) and H.COMPETITION_URL in str(err.value)
     assert not (clean_host.parent / "work" / "data" / "demo").exists()
-    root, is_demo = U.resolve_data_dir(None, host="local")
+    root, is_demo = H.resolve_data_dir(None, host="local")
     assert is_demo and root == Path("data") / "demo"
     assert recorded_calls(fake_kaggle) == []  # no credentials: the CLI was never called
 
 
 def test_demo_only_when_asked_for_on_a_host(clean_host):
-    root, is_demo = U.resolve_data_dir("demo", host="colab")
+    root, is_demo = H.resolve_data_dir("demo", host="colab")
     assert is_demo and len(U.list_images(root / "train" / "images")) == 4
 
 
@@ -220,8 +220,8 @@ def _layout(root, rel, demo_root):
 
 
 @pytest.mark.parametrize("rel", [
-    U.COMPETITION,                                  # classic: /kaggle/input/<competition>
-    "competitions/" + U.COMPETITION,                # one folder level more above the competition's
+    H.COMPETITION,                                  # classic: /kaggle/input/<competition>
+    "competitions/" + H.COMPETITION,                # one folder level more above the competition's
     "my-person-photos",                             # the data re-uploaded as a renamed dataset
     "datasets/someone/persons-copy/unzipped",       # and with extra folder levels
 ])
@@ -229,23 +229,23 @@ def test_kaggle_data_found_wherever_it_is_mounted(rel, clean_host, tmp_path, dem
     kin = tmp_path / "kaggle-input"
     (kin / "other-dataset" / "train").mkdir(parents=True)  # an unrelated input: no masks, no test
     target = _layout(kin, rel, demo_root)
-    monkeypatch.setattr(U, "KAGGLE_INPUT", kin)
-    assert U.resolve_data_dir(None, host="kaggle") == (target, False)
+    monkeypatch.setattr(H, "KAGGLE_INPUT", kin)
+    assert H.resolve_data_dir(None, host="kaggle") == (target, False)
     assert f"datos de Kaggle: se usa {target}" in capsys.readouterr().out
 
 
 def test_kaggle_prefers_the_competition_folder_and_says_so(clean_host, tmp_path, demo_root, monkeypatch, capsys):
     kin = tmp_path / "kaggle-input"
     _layout(kin, "a-copy", demo_root)
-    comp = _layout(kin, "competitions/" + U.COMPETITION, demo_root)
-    assert U.find_kaggle_data(kin) == comp
+    comp = _layout(kin, "competitions/" + H.COMPETITION, demo_root)
+    assert H.find_kaggle_data(kin) == comp
     assert "2 carpetas de datos bajo" in capsys.readouterr().out
 
 
 def test_kaggle_search_depth_is_bounded(clean_host, tmp_path, demo_root):
     kin = tmp_path / "kaggle-input"
     _layout(kin, "a/b/c/d/e", demo_root)  # five levels down: too deep
-    assert U.find_kaggle_data(kin) is None
+    assert H.find_kaggle_data(kin) is None
 
 
 # --- missing packages ----------------------------------------------------------------------------------------
@@ -253,28 +253,28 @@ def test_kaggle_search_depth_is_bounded(clean_host, tmp_path, demo_root):
 
 def test_ensure_installed_calls_pip_only_when_missing_and_never_for_torch(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(U.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or
-                        U.subprocess.CompletedProcess(cmd, 0, "", ""))
-    U.ensure_installed("json")  # present: nothing to do
+    monkeypatch.setattr(H.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or
+                        H.subprocess.CompletedProcess(cmd, 0, "", ""))
+    H.ensure_installed("json")  # present: nothing to do
     assert calls == []
-    U.ensure_installed("surely_not_a_module_xyz", "surely-not-a-module-xyz>=1")
+    H.ensure_installed("surely_not_a_module_xyz", "surely-not-a-module-xyz>=1")
     assert calls == [[sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "surely-not-a-module-xyz>=1"]]
     assert "instalado surely-not-a-module-xyz>=1" in capsys.readouterr().out
-    monkeypatch.setattr(U.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(H.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="never replaces"):
-        U.ensure_installed("torchvision")
+        H.ensure_installed("torchvision")
     assert len(calls) == 1
 
 
 def test_ensure_installed_failure_names_the_package(monkeypatch):
-    monkeypatch.setattr(U.subprocess, "run", lambda cmd, **kw: U.subprocess.CompletedProcess(cmd, 1, "", "no network"))
+    monkeypatch.setattr(H.subprocess, "run", lambda cmd, **kw: H.subprocess.CompletedProcess(cmd, 1, "", "no network"))
     with pytest.raises(RuntimeError, match=r"(?s)surely_not_a_module_xyz is missing.*no network.*pip install"):
-        U.ensure_installed("surely_not_a_module_xyz")
+        H.ensure_installed("surely_not_a_module_xyz")
 
 
 def test_fake_cli_refuses_without_credentials(clean_host, fake_kaggle, tmp_path):
     """The fake is strict like the real CLI: it exits 1 when no credential is visible (so the tests above mean it)."""
-    done = U.subprocess.run([shutil.which("kaggle"), "competitions", "download", "-c", "x", "-p", str(tmp_path)],
+    done = H.subprocess.run([shutil.which("kaggle"), "competitions", "download", "-c", "x", "-p", str(tmp_path)],
                             capture_output=True, text=True)
     assert done.returncode == 1 and "must authenticate" in done.stderr
 
@@ -284,18 +284,18 @@ def test_submit_then_poll_until_kaggle_has_scored_it(clean_host, fake_kaggle, mo
     monkeypatch.setenv("FAKE_KAGGLE_SCORE", "0.9011")
     csv_path = tmp_path / "sub.csv"
     csv_path.write_text("id,encoded_pixels\n")
-    U.kaggle_submit(csv_path, "first, run 1")
-    U.kaggle_submit(csv_path, "second")  # listed first by Kaggle: the message picks the right one
-    assert U.kaggle_score("first, run 1", wait_s=5, every_s=0.1) == "0.9011"  # pending at the first poll
+    H.kaggle_submit(csv_path, "first, run 1")
+    H.kaggle_submit(csv_path, "second")  # listed first by Kaggle: the message picks the right one
+    assert H.kaggle_score("first, run 1", wait_s=5, every_s=0.1) == "0.9011"  # pending at the first poll
     polls = [c for c in recorded_calls(fake_kaggle) if c["argv"][1] == "submissions"]
     assert len(polls) == 2 and all(c["auth"]["secret"] == "t0ken" for c in recorded_calls(fake_kaggle))
-    assert U.kaggle_score("never submitted", wait_s=0.3, every_s=0.1) is None  # bounded: gives up, says nothing
+    assert H.kaggle_score("never submitted", wait_s=0.3, every_s=0.1) is None  # bounded: gives up, says nothing
     assert "subido a Kaggle: sub.csv (first, run 1)" in capsys.readouterr().out
 
 
 def test_copy_for_kaggle_writes_submission_csv_in_the_working_folder(monkeypatch, tmp_path):
-    monkeypatch.setattr(U, "KAGGLE_WORKING", tmp_path / "working")
+    monkeypatch.setattr(H, "KAGGLE_WORKING", tmp_path / "working")
     source = tmp_path / "submission_20261207-120000.csv"
     source.write_text("id,encoded_pixels\n1.png,1 2\n")
-    assert U.copy_for_kaggle(source).read_text() == source.read_text()
+    assert H.copy_for_kaggle(source).read_text() == source.read_text()
     assert (tmp_path / "working" / "submission.csv").exists() and source.exists()  # the timestamped one stays

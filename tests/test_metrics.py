@@ -30,8 +30,9 @@ def test_mean_is_per_image_not_pooled():
     big_t = np.ones((10, 10), bool)
     small_t = np.zeros((10, 10), bool)
     small_t[0, 0] = True
-    preds, truths = [big_t, np.zeros((10, 10), bool)], [big_t, small_t]
-    assert U.mean_dice(preds, truths) == pytest.approx(0.5)  # pooled Dice would be 200/201
+    preds, truths = np.stack([big_t, np.zeros((10, 10), bool)]), np.stack([big_t, small_t])
+    per_image = U.dice_per_image(torch.from_numpy(preds), torch.from_numpy(truths))
+    assert per_image.mean().item() == pytest.approx(0.5)  # pooled Dice would be 200/201
 
 
 def test_shape_mismatch_is_an_error():

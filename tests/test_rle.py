@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from support import U, require_shared
+from support import H, U, require_shared
 
 COURSE_MASK = np.array([[0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 1]])
 
@@ -50,7 +50,7 @@ def test_agrees_with_competition_scorer(tmp_path):
     masks_dir.mkdir()
     rows, preds, truths = [], [], []
     for k in range(6):
-        _, truth = U.make_demo_image(rng, 200)
+        _, truth = H.make_demo_image(rng, 200)
         if k == 0:
             truth[:] = 0  # empty truth, empty prediction: Dice 1
         Image.fromarray(truth).save(masks_dir / f"{k + 10}.png")
@@ -66,5 +66,5 @@ def test_agrees_with_competition_scorer(tmp_path):
     out = subprocess.run([sys.executable, str(scorer), str(sub), str(masks_dir)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     referee = float(out.stdout.strip().splitlines()[-1].split("=")[1])
-    assert referee == pytest.approx(U.mean_dice(preds, truths), abs=1e-6)
+    assert referee == pytest.approx(np.mean([U.dice_score(p, t) for p, t in zip(preds, truths)]), abs=1e-6)
     assert U.validate_submission(sub, masks_dir) == 6

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from support import NB, U, recipe
+from support import NB, H, U, recipe
 from torch.utils.data import DataLoader
 
 CPU = torch.device("cpu")
@@ -287,7 +287,7 @@ def test_fp16_training_with_grad_scaler_on_gpu(UNet, demo_ds, tmp_path):
 
 def test_wandb_is_off_without_a_key(monkeypatch, capsys):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert U.init_wandb("p", {}) is None
+    assert H.init_wandb("p", {}) is None
     assert "sin WANDB_API_KEY" in capsys.readouterr().out
 
 
