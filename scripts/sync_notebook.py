@@ -40,14 +40,15 @@ def helper_cells(nb: dict) -> dict[str, dict]:
 
 def main() -> int:
     nb = json.loads(NOTEBOOK.read_text())
-    stale = [name for name, cell in helper_cells(nb).items() if "".join(cell["source"]) != helpers_source(name)]
+    cells = helper_cells(nb)
+    stale = [name for name, cell in cells.items() if "".join(cell["source"]) != helpers_source(name)]
     if not stale:
         print(f"{NOTEBOOK.name}: helper cells already equal {' and '.join(FILES)}")
         return 0
     if "--check" in sys.argv[1:]:
         print(f"{NOTEBOOK.name}: the copy of {' and '.join(stale)} differs; run python scripts/sync_notebook.py")
         return 1
-    for name, cell in helper_cells(nb).items():
+    for name, cell in cells.items():
         cell["source"] = helpers_source(name).splitlines(keepends=True)
     NOTEBOOK.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     print(f"{NOTEBOOK.name}: helper cells rewritten from {' and '.join(stale)}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from fakes import make_fake_colab, make_fake_kaggle, make_fake_wandb, recorded_calls
 from support import NOTEBOOK, ROOT, H, U, notebook_cells
-from sync_notebook import FILES
+from sync_notebook import FILES, helpers_source
 
 PARAMS = ["DATA_DIR", "RUN_DIR", "SUBMISSION_PATH", "IMG_SIZE", "BATCH_SIZE", "EPOCHS", "BASE_CHANNELS", "SEED",
           "DEVICES", "FINAL_FIT"]
@@ -89,7 +89,7 @@ def test_every_cell_has_a_unique_id():
 
 def test_helper_cells_are_utils_and_host_and_folded():
     cells = notebook_cells("helpers")
-    assert cells == ["%%writefile {HELPERS}/" + name + "\n" + (ROOT / name).read_text() for name in FILES], \
+    assert cells == [helpers_source(name) for name in FILES], \
         "the notebook's helpers differ from utils.py / host.py: run `python scripts/sync_notebook.py`"
     nb = json.loads(NOTEBOOK.read_text())
     i = next(k for k, c in enumerate(nb["cells"]) if "helpers" in c["metadata"].get("tags", []))
